@@ -1,0 +1,117 @@
+"""Argument checks shared by the losses: clear errors, never asserts.
+
+Every check raises ``TypeError`` for a value of the wrong kind and ``ValueError`` for a value of
+the right kind that is out of range, and says what was expected and what was got.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import torch
+
+__all__ = [
+    "check_choice",
+    "check_feature_pair",
+    "check_finite",
+    "check_nonnegative",
+    "check_positive",
+    "check_positive_int",
+    "check_tensor",
+]
+
+
+def check_positive(name: str, value: object) -> float:
+    """Return ``value`` as a float after checking that it is a finite real number > 0."""
+    number = _real_number(name, value)
+    if not number > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    """Return ``value`` as a float after checking that it is a finite real number >= 0."""
+    number = _real_number(name, value)
+    if not number >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return number
+
+
+def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
+    """Return ``value`` after checking that it is an ``int`` >= 1 (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        expected = "an int >= 1 or None" if allow_none else "an int >= 1"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
+    """Return ``value`` after checking that it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def check_tensor(name: str, value: object, *, ndim: int) -> torch.Tensor:
+    """Check that ``value`` is a floating-point tensor with ``ndim`` dimensions."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(
+            f"{name} must be a {ndim}-D tensor, got {value.dim()}-D with shape {tuple(value.shape)}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    return value
+
+
+def check_finite(name: str, value: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``value`` holds a NaN or an infinity."""
+    if not bool(torch.isfinite(value).all()):
+        bad = (~torch.isfinite(value)).sum().item()
+        raise ValueError(f"{name} must be finite, got {bad} NaN or inf value(s)")
+
+
+def check_feature_pair(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check two feature maps (B, C, H, W) that are compared position against position.
+
+    Batch sizes and channel counts must agree; the spatial sizes may differ.
+    """
+    x = check_tensor("x", x, ndim=4)
+    y = check_tensor("y", y, ndim=4)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must have the same batch size, got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            "x and y must have the same number of channels, "
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    if x.numel() == 0 or y.numel() == 0:
+        raise ValueError(
+            "x and y must be non-empty (batch, channels and positions >= 1), "
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    check_finite("x", x)
+    check_finite("y", y)
+    return x, y
+
+
+def _real_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number

@@ -1,0 +1,456 @@
+r"""The contextual similarity and the contextual loss (Mechrez, Talmi, Zelnik-Manor, ECCV 2018).
+
+Public entry points: :func:`contextual_similarity`, :func:`contextual_loss`,
+:class:`ContextualLoss` and :func:`contextual_matrices`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._checks import (
+    check_choice,
+    check_feature_pair,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
+from .blocked import blocked_similarity
+from .distances import DISTANCES, as_point_sets, pairwise_distance, prepare_points
+from .similarity import (
+    relative_distance,
+    similarity_from_distance,
+    similarity_logits,
+)
+
+__all__ = [
+    "AUTO_FULL_MAX_ELEMENTS",
+    "IMPLEMENTATIONS",
+    "REDUCTIONS",
+    "ContextualLoss",
+    "ContextualMatrices",
+    "contextual_loss",
+    "contextual_matrices",
+    "contextual_similarity",
+]
+
+#: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems, else ``"blocked"``.
+IMPLEMENTATIONS = ("auto", "full", "blocked")
+#: Values of ``reduction=``.
+REDUCTIONS = ("mean", "sum", "none")
+#: ``"auto"`` uses the full path while B * Nx * N is at most this (a 16 MiB float32 matrix).
+AUTO_FULL_MAX_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class _Settings:
+    band_width: float
+    eps: float
+    distance: str
+    implementation: str
+    block_size: int | None
+    sample_positions: int | None
+
+
+def _check_settings(
+    band_width: object,
+    eps: object,
+    distance: object,
+    implementation: object,
+    block_size: object,
+    sample_positions: object,
+) -> _Settings:
+    return _Settings(
+        band_width=check_positive("band_width", band_width),
+        eps=check_nonnegative("eps", eps),
+        distance=check_choice("distance", distance, DISTANCES),
+        implementation=check_choice("implementation", implementation, IMPLEMENTATIONS),
+        block_size=check_positive_int("block_size", block_size, allow_none=True),
+        sample_positions=check_positive_int("sample_positions", sample_positions, allow_none=True),
+    )
+
+
+def _random_positions(
+    num: int, count: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor | None:
+    """``count`` distinct positions out of ``num`` at random, or ``None`` if all are kept."""
+    if num <= count:
+        return None
+    return torch.randperm(num, generator=generator)[:count].to(device)
+
+
+def _compute_similarity(
+    x: torch.Tensor, y: torch.Tensor, settings: _Settings, generator: torch.Generator | None
+) -> torch.Tensor:
+    """CX(X, Y) per sample, in float32 for half-precision input, else in the input's dtype."""
+    x, y = check_feature_pair(x, y)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Eq. 2 divides by a small minimum distance: half precision is not enough for it.
+        x, y = x.float(), y.float()
+
+    x_points, y_points = as_point_sets(x), as_point_sets(y)
+    if settings.sample_positions is not None:
+        # As the authors' code: the same random positions for every sample of the batch, and in
+        # both maps when they have the same size.
+        count, num_x, num_y = settings.sample_positions, x_points.shape[1], y_points.shape[1]
+        y_index = _random_positions(num_y, count, generator, y.device)
+        x_index = y_index if num_x == num_y else _random_positions(num_x, count, generator, x.device)
+        if y_index is not None:
+            y_points = y_points[:, y_index]
+        if x_index is not None:
+            x_points = x_points[:, x_index]
+
+    x_points, y_points = prepare_points(settings.distance, x_points, y_points)
+    batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
+    implementation = settings.implementation
+    if implementation == "auto":
+        full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
+        implementation = "full" if full_fits and settings.block_size is None else "blocked"
+
+    if implementation == "full":
+        dist = pairwise_distance(settings.distance, x_points, y_points)
+        score = similarity_from_distance(dist, settings.band_width, settings.eps)
+    else:
+        score = blocked_similarity(
+            x_points,
+            y_points,
+            distance=settings.distance,
+            band_width=settings.band_width,
+            eps=settings.eps,
+            block_rows=settings.block_size,
+        )
+    return score
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
+_MATH = r"""
+    With :math:`x_i` the generated points, :math:`y_j` the :math:`N` target points and
+    :math:`\mu_y = \frac{1}{N}\sum_j y_j` (per sample):
+
+    .. math::
+
+        d_{ij} = 1 - \frac{(x_i - \mu_y)\cdot(y_j - \mu_y)}{\|x_i - \mu_y\|_2\,\|y_j - \mu_y\|_2},
+        \qquad
+        \tilde d_{ij} = \frac{d_{ij}}{\min_k d_{ik} + \epsilon},
+        \qquad
+        w_{ij} = \exp\Big(\frac{1 - \tilde d_{ij}}{h}\Big),
+
+    .. math::
+
+        \mathrm{CX}_{ij} = \frac{w_{ij}}{\sum_k w_{ik}},
+        \qquad
+        \mathrm{CX}(X, Y) = \frac{1}{N}\sum_j \max_i \mathrm{CX}_{ij},
+        \qquad
+        \mathcal{L}_{CX} = -\log \mathrm{CX}(X, Y).
+
+    :math:`\mathrm{CX}_{ij}` is computed as a softmax over :math:`k`, so small :math:`h` never
+    overflows. The paper centres by the mean of each target image, as here; the authors'
+    TensorFlow code centres by the mean over the whole batch.
+"""
+
+_ARGS_MATH = """
+        band_width: h > 0 of Eq. 3. Smaller values make the similarity more selective.
+        eps: epsilon >= 0 of Eq. 2.
+        distance: ``"cosine"`` (the paper's), ``"l2"`` (squared Euclidean) or ``"l1"``.
+"""
+
+_ARGS_COMPUTE = """        implementation: ``"full"`` holds the whole (Nx, N) matrices (the reference);
+            ``"blocked"`` computes the same values and gradients in blocks of rows with
+            O(block_size * N) memory; ``"auto"`` takes the full path while B * Nx * N is at most
+            :data:`AUTO_FULL_MAX_ELEMENTS` and no ``block_size`` is given, else the blocked one.
+        block_size: rows of the (Nx, N) matrix per block (blocked path); ``None`` picks one.
+        sample_positions: if set, keep at most this many random positions of each map before
+            comparing them, as the authors' code does above 65x65 (4225) positions. The same
+            positions are kept in both maps when they have the same size. Exact (``None``) by
+            default.
+        generator: random generator for ``sample_positions``.
+"""
+
+
+def contextual_similarity(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    band_width: float = 0.5,
+    eps: float = 1e-5,
+    distance: str = "cosine",
+    implementation: str = "auto",
+    block_size: int | None = None,
+    sample_positions: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    settings = _check_settings(
+        band_width, eps, distance, implementation, block_size, sample_positions
+    )
+    return _compute_similarity(x, y, settings, generator).to(x.dtype)
+
+
+contextual_similarity.__doc__ = (
+    r"""Contextual similarity CX(X, Y) of each sample (Eq. 5 of the paper), in [0, 1].
+
+    For each target feature :math:`y_j` it finds the generated feature :math:`x_i` that is most
+    contextually similar to it and averages those similarities over :math:`j`.
+"""
+    + _MATH
+    + """
+    Args:
+        x: features of the generated image.
+        y: features of the target image.
+"""
+    + _ARGS_MATH
+    + _ARGS_COMPUTE
+    + """
+    Shape:
+        - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy). Hx * Wx may differ from Hy * Wy.
+        - Output: (B,).
+
+    Returns:
+        CX(X, Y) per sample, in the dtype of ``x`` (float16/bfloat16 are computed in float32).
+
+    Raises:
+        TypeError: non-tensor or non-floating-point input, mismatched dtypes.
+        ValueError: wrong number of dimensions, mismatched batch or channels, NaN or inf in the
+            features, or hyper-parameters out of range.
+
+    Example:
+        >>> import torch, cxlib
+        >>> x = torch.randn(2, 8, 5, 5)
+        >>> cxlib.contextual_similarity(x, x)
+        tensor([1., 1.])
+    """
+)
+
+
+def contextual_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    band_width: float = 0.5,
+    eps: float = 1e-5,
+    distance: str = "cosine",
+    reduction: str = "mean",
+    implementation: str = "auto",
+    block_size: int | None = None,
+    sample_positions: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    settings = _check_settings(
+        band_width, eps, distance, implementation, block_size, sample_positions
+    )
+    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    similarity = _compute_similarity(x, y, settings, generator)
+    return _reduce(-torch.log(similarity), reduction).to(x.dtype)
+
+
+contextual_loss.__doc__ = (
+    r"""Contextual loss :math:`\mathcal{L}_{CX}(x, y) = -\log \mathrm{CX}(X, Y)` (Eq. 6).
+
+    0 when every target feature has a distinct, clearly closest generated feature (for example
+    ``x`` equal to ``y``); about :math:`\log N` when the two sets are far apart.
+"""
+    + _MATH
+    + """
+    Args:
+        x: features of the generated image.
+        y: features of the target image.
+"""
+    + _ARGS_MATH
+    + """        reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"``.
+"""
+    + _ARGS_COMPUTE
+    + """
+    Shape:
+        - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy). Hx * Wx may differ from Hy * Wy.
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Returns:
+        The loss, in the dtype of ``x`` (float16/bfloat16 are computed in float32).
+
+    Raises:
+        TypeError: non-tensor or non-floating-point input, mismatched dtypes.
+        ValueError: wrong number of dimensions, mismatched batch or channels, NaN or inf in the
+            features, or hyper-parameters out of range.
+
+    Example:
+        >>> import torch, cxlib
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(1, 16, 8, 8, requires_grad=True)
+        >>> y = torch.randn(1, 16, 6, 6)
+        >>> loss = cxlib.contextual_loss(x, y, band_width=0.5)
+        >>> loss.backward()
+        >>> bool(loss > 0), x.grad.shape
+        (True, torch.Size([1, 16, 8, 8]))
+    """
+)
+
+
+class ContextualLoss(nn.Module):
+    """The contextual loss as a module; ``forward(x, y)`` calls :func:`contextual_loss`.
+
+    Args:
+        band_width: h > 0 of Eq. 3.
+        eps: epsilon >= 0 of Eq. 2.
+        distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
+        implementation: ``"auto"``, ``"full"`` or ``"blocked"``.
+        block_size: rows per block for the blocked path, or ``None``.
+        sample_positions: keep at most this many random positions, or ``None`` (exact).
+
+    Shape:
+        - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Example:
+        >>> import torch, cxlib
+        >>> criterion = cxlib.ContextualLoss(band_width=0.1)
+        >>> x = torch.randn(2, 8, 6, 6)
+        >>> float(criterion(x, x))
+        0.0
+    """
+
+    def __init__(
+        self,
+        *,
+        band_width: float = 0.5,
+        eps: float = 1e-5,
+        distance: str = "cosine",
+        reduction: str = "mean",
+        implementation: str = "auto",
+        block_size: int | None = None,
+        sample_positions: int | None = None,
+    ) -> None:
+        super().__init__()
+        settings = _check_settings(
+            band_width, eps, distance, implementation, block_size, sample_positions
+        )
+        self.band_width = settings.band_width
+        self.eps = settings.eps
+        self.distance = settings.distance
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.implementation = settings.implementation
+        self.block_size = settings.block_size
+        self.sample_positions = settings.sample_positions
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return contextual_loss(
+            x,
+            y,
+            band_width=self.band_width,
+            eps=self.eps,
+            distance=self.distance,
+            reduction=self.reduction,
+            implementation=self.implementation,
+            block_size=self.block_size,
+            sample_positions=self.sample_positions,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"band_width={self.band_width}, eps={self.eps}, distance={self.distance!r}, "
+            f"reduction={self.reduction!r}, implementation={self.implementation!r}"
+        )
+
+
+@dataclass(frozen=True)
+class ContextualMatrices:
+    """Every intermediate of the contextual similarity of one pair of feature maps.
+
+    Rows are the Nx generated positions i, columns the N target positions j, both in
+    row-major (H, W) order.
+
+    Attributes:
+        mu_y: the target's mean feature, (C,).
+        x_points: generated points after centring (and, for the cosine, L2 normalisation), (Nx, C).
+        y_points: target points, prepared the same way, (N, C).
+        distance: d_ij, (Nx, N).
+        relative_distance: d~_ij of Eq. 2, (Nx, N).
+        weights: w_ij of Eq. 3, (Nx, N); may overflow to inf for h < 1/88 in float32 (the
+            similarity below never does).
+        similarity: CX_ij of Eq. 4, (Nx, N); each row sums to 1.
+        best_match: for each target position j, the generated position i of largest CX_ij, (N,).
+        best_similarity: max_i CX_ij for each j, (N,).
+        score: CX(X, Y), a 0-D tensor.
+        loss: -log CX(X, Y), a 0-D tensor.
+    """
+
+    mu_y: torch.Tensor
+    x_points: torch.Tensor
+    y_points: torch.Tensor
+    distance: torch.Tensor
+    relative_distance: torch.Tensor
+    weights: torch.Tensor
+    similarity: torch.Tensor
+    best_match: torch.Tensor
+    best_similarity: torch.Tensor
+    score: torch.Tensor
+    loss: torch.Tensor
+
+
+def contextual_matrices(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    band_width: float = 0.5,
+    eps: float = 1e-5,
+    distance: str = "cosine",
+) -> ContextualMatrices:
+    """Every intermediate of steps 1-6 for one sample, for pictures and for teaching.
+
+    Holds full (Nx, N) matrices: meant for small maps.
+
+    Args:
+        x: generated features, (C, Hx, Wx) or (1, C, Hx, Wx).
+        y: target features, (C, Hy, Wy) or (1, C, Hy, Wy).
+        band_width: h > 0 of Eq. 3.
+        eps: epsilon >= 0 of Eq. 2.
+        distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
+
+    Returns:
+        A :class:`ContextualMatrices`; its ``score`` equals :func:`contextual_similarity`.
+
+    Example:
+        >>> import torch, cxlib
+        >>> y = torch.randn(4, 3, 3)
+        >>> m = cxlib.contextual_matrices(y, y)
+        >>> m.best_match.tolist()
+        [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    """
+    settings = _check_settings(band_width, eps, distance, "full", None, None)
+    x, y = (t.unsqueeze(0) if isinstance(t, torch.Tensor) and t.dim() == 3 else t for t in (x, y))
+    x, y = check_feature_pair(x, y)
+    if x.shape[0] != 1:
+        raise ValueError(
+            f"contextual_matrices takes one sample: expected (C, H, W) or (1, C, H, W), "
+            f"got x {tuple(x.shape)}"
+        )
+    x_raw, y_raw = as_point_sets(x), as_point_sets(y)
+    x_points, y_points = prepare_points(settings.distance, x_raw, y_raw)
+    dist = pairwise_distance(settings.distance, x_points, y_points)[0]
+    relative = relative_distance(dist, settings.eps)
+    logits = similarity_logits(relative, settings.band_width)
+    similarity = torch.softmax(logits, dim=-1)
+    best_similarity, best_match = similarity.max(dim=0)
+    score = best_similarity.mean()
+    return ContextualMatrices(
+        mu_y=y_raw[0].mean(dim=0),
+        x_points=x_points[0],
+        y_points=y_points[0],
+        distance=dist,
+        relative_distance=relative,
+        weights=torch.exp(logits),
+        similarity=similarity,
+        best_match=best_match,
+        best_similarity=best_similarity,
+        score=score,
+        loss=-torch.log(score),
+    )

@@ -1,0 +1,67 @@
+"""Steps 1 and 2 of the contextual loss: feature maps as point sets, and their pairwise distances.
+
+A feature map of shape (B, C, H, W) is read as B sets of H*W points in R^C. Every distance here
+first centres both sets by the target's mean feature mu_y, taken per sample as in the paper
+(the authors' TensorFlow code takes it over the whole batch instead). For the cosine distance the
+centring changes the result; the L2 and L1 distances are unchanged by it (both points move by the
+same vector) and it only keeps their numbers small.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DISTANCES", "as_point_sets", "pairwise_distance", "prepare_points"]
+
+#: Names accepted by the ``distance=`` argument of the losses.
+DISTANCES = ("cosine", "l2", "l1")
+
+
+def as_point_sets(features: torch.Tensor) -> torch.Tensor:
+    """Reshape a feature map (B, C, H, W) into point sets (B, H*W, C), position-major."""
+    batch, channels = features.shape[:2]
+    return features.reshape(batch, channels, -1).transpose(1, 2)
+
+
+def prepare_points(
+    distance: str, x_points: torch.Tensor, y_points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre both point sets by the mean of ``y_points``; for the cosine, also L2-normalise.
+
+    Args:
+        distance: one of :data:`DISTANCES`.
+        x_points: generated points, (B, Nx, C).
+        y_points: target points, (B, N, C).
+
+    Returns:
+        The two prepared point sets, ready for :func:`pairwise_distance`.
+    """
+    mu_y = y_points.mean(dim=1, keepdim=True)
+    x_centred = x_points - mu_y
+    y_centred = y_points - mu_y
+    if distance == "cosine":
+        # A point equal to mu_y has no direction: F.normalize maps it to 0, so its distance to
+        # every other point is 1 (no NaN).
+        return F.normalize(x_centred, dim=-1), F.normalize(y_centred, dim=-1)
+    return x_centred, y_centred
+
+
+def pairwise_distance(distance: str, x_points: torch.Tensor, y_points: torch.Tensor) -> torch.Tensor:
+    """Distances d_ij between prepared points, (B, Nx, C) x (B, N, C) -> (B, Nx, N).
+
+    - ``"cosine"``: 1 - x_i . y_j on L2-normalised points, in [0, 2];
+    - ``"l2"``: squared Euclidean distance |x_i - y_j|^2 (no square root, as the authors' code);
+    - ``"l1"``: sum over channels of |x_i - y_j|.
+    """
+    if distance == "cosine":
+        return 1.0 - torch.bmm(x_points, y_points.transpose(1, 2))
+    if distance == "l2":
+        x_sq = x_points.pow(2).sum(-1, keepdim=True)
+        y_sq = y_points.pow(2).sum(-1).unsqueeze(1)
+        cross = torch.bmm(x_points, y_points.transpose(1, 2))
+        # The expansion can dip below 0 by rounding when x_i == y_j.
+        return (x_sq + y_sq - 2.0 * cross).clamp_min(0.0)
+    if distance == "l1":
+        return torch.cdist(x_points, y_points, p=1.0)
+    raise ValueError(f"distance must be one of {', '.join(map(repr, DISTANCES))}, got {distance!r}")

@@ -1,0 +1,55 @@
+"""Steps 3 to 6 of the contextual loss on a whole distance matrix (the reference, "full" path).
+
+Given distances d (B, Nx, N) between generated points x_i and target points y_j:
+
+- Eq. 2, relative distance: d~_ij = d_ij / (min_k d_ik + eps)
+- Eq. 3, weight: w_ij = exp((1 - d~_ij) / h)
+- Eq. 4, contextual similarity of two points: CX_ij = w_ij / sum_k w_ik
+- Eq. 5, of two sets: CX(X, Y) = (1/N) sum_j max_i CX_ij
+
+CX_ij is exactly a softmax over k of the logits (1 - d~_ik) / h, which is how it is computed
+here: exp() of the raw logits overflows in float32 for h < 1/88.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "relative_distance",
+    "row_denominator",
+    "similarity_logits",
+    "similarity_matrix",
+    "similarity_from_distance",
+]
+
+
+def row_denominator(row_min: torch.Tensor, eps: float) -> torch.Tensor:
+    """The denominator of Eq. 2, min_k d_ik + eps, kept above zero."""
+    # With eps = 0 and a zero distance the denominator would be 0 and d~ would be 0/0; the
+    # smallest normal number keeps d~ finite (the zero distance maps to 0, the others to huge
+    # values whose weight underflows to 0, which is the limit eps -> 0).
+    return (row_min + eps).clamp_min(torch.finfo(row_min.dtype).tiny)
+
+
+def relative_distance(distance: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 2: each distance divided by the smallest one of its row (plus ``eps``)."""
+    row_min = distance.min(dim=-1, keepdim=True).values
+    return distance / row_denominator(row_min, eps)
+
+
+def similarity_logits(relative: torch.Tensor, band_width: float) -> torch.Tensor:
+    """The exponent of Eq. 3: (1 - d~_ij) / h."""
+    return (1.0 - relative) / band_width
+
+
+def similarity_matrix(distance: torch.Tensor, band_width: float, eps: float) -> torch.Tensor:
+    """Eqs. 2-4: CX_ij for every pair, each row summing to 1 over the target points."""
+    logits = similarity_logits(relative_distance(distance, eps), band_width)
+    return torch.softmax(logits, dim=-1)
+
+
+def similarity_from_distance(distance: torch.Tensor, band_width: float, eps: float) -> torch.Tensor:
+    """Eq. 5 from a full distance matrix (B, Nx, N): CX(X, Y) of each sample, shape (B,)."""
+    cx = similarity_matrix(distance, band_width, eps)
+    return cx.max(dim=-2).values.mean(dim=-1)

@@ -1,0 +1,59 @@
+"""An independent float64 NumPy implementation of the contextual similarity, for the tests.
+
+Written straight from the paper's equations, with explicit broadcasting and no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def point_sets(features: np.ndarray) -> np.ndarray:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    b, c = features.shape[:2]
+    return features.reshape(b, c, -1).transpose(0, 2, 1)
+
+
+def distance_matrix(x: np.ndarray, y: np.ndarray, distance: str) -> np.ndarray:
+    """d_ij for one sample, x (Nx, C), y (N, C), both centred by the mean of y."""
+    mu = y.mean(axis=0)
+    xc, yc = x - mu, y - mu
+    if distance == "cosine":
+        xn = xc / np.linalg.norm(xc, axis=1, keepdims=True)
+        yn = yc / np.linalg.norm(yc, axis=1, keepdims=True)
+        return 1.0 - xn @ yn.T
+    diff = xc[:, None, :] - yc[None, :, :]
+    if distance == "l2":
+        return (diff**2).sum(axis=-1)
+    if distance == "l1":
+        return np.abs(diff).sum(axis=-1)
+    raise ValueError(distance)
+
+
+def contextual_intermediates(x: np.ndarray, y: np.ndarray, band_width: float, eps: float,
+                             distance: str) -> dict[str, np.ndarray]:
+    """Every step for one sample, x (Nx, C) and y (N, C) as point sets."""
+    d = distance_matrix(x, y, distance)
+    d_rel = d / (d.min(axis=1, keepdims=True) + eps)
+    w = np.exp((1.0 - d_rel) / band_width)
+    cx = w / w.sum(axis=1, keepdims=True)
+    best = cx.max(axis=0)
+    return {
+        "distance": d,
+        "relative_distance": d_rel,
+        "weights": w,
+        "similarity": cx,
+        "best_match": cx.argmax(axis=0),
+        "best_similarity": best,
+        "score": best.mean(),
+    }
+
+
+def contextual_similarity(x: np.ndarray, y: np.ndarray, band_width: float = 0.5,
+                          eps: float = 1e-5, distance: str = "cosine") -> np.ndarray:
+    """CX(X, Y) per sample for feature maps (B, C, H, W)."""
+    xs, ys = point_sets(np.asarray(x, np.float64)), point_sets(np.asarray(y, np.float64))
+    return np.array([
+        contextual_intermediates(xb, yb, band_width, eps, distance)["score"]
+        for xb, yb in zip(xs, ys)
+    ])

@@ -1,8 +1,11 @@
 """cxlib: the contextual loss (Mechrez, Talmi, Zelnik-Manor, ECCV 2018), exact and memory-lean.
 
-The companion package of the Contextual Loss book.
+The companion package of the Contextual Loss book: the contextual loss and its bilateral
+variant, VGG19 features by layer name, raw patch features, and the losses the paper compares
+against.
 """
 
+from .bilateral import ContextualBilateralLoss, contextual_bilateral_loss, position_grid
 from .contextual import (
     ContextualLoss,
     ContextualMatrices,
@@ -11,14 +14,49 @@ from .contextual import (
     contextual_similarity,
 )
 from .distances import DISTANCES
+from .losses import (
+    L1Loss,
+    L2Loss,
+    TotalVariation,
+    gram_loss,
+    gram_matrix,
+    l1_loss,
+    l2_loss,
+    perceptual_loss,
+    total_variation,
+)
+from .patches import PatchFeatures, patch_features
+from .vgg import VGG19_LAYERS, RandomWeightsWarning, VGG19Features, WeightsUnavailableError
+from .vgg_losses import GramLoss, PerceptualLoss, VGGContextualLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DISTANCES",
+    "VGG19_LAYERS",
+    "ContextualBilateralLoss",
     "ContextualLoss",
     "ContextualMatrices",
+    "GramLoss",
+    "L1Loss",
+    "L2Loss",
+    "PatchFeatures",
+    "PerceptualLoss",
+    "RandomWeightsWarning",
+    "TotalVariation",
+    "VGG19Features",
+    "VGGContextualLoss",
+    "WeightsUnavailableError",
+    "contextual_bilateral_loss",
     "contextual_loss",
     "contextual_matrices",
     "contextual_similarity",
+    "gram_loss",
+    "gram_matrix",
+    "l1_loss",
+    "l2_loss",
+    "patch_features",
+    "perceptual_loss",
+    "position_grid",
+    "total_variation",
 ]

@@ -15,16 +15,20 @@ from the saved row statistics, and pushes the gradient through by hand:
 - through Eq. 2, including the path through the row minimum, which routes to the argmin;
 - through the distance itself with autograd on the recomputed block (two matmuls for cosine/L2).
 
-Values and gradients equal the full path's up to floating-point rounding.
+Several terms over the same (i, j) grid (the feature and spatial terms of the contextual
+bilateral loss) are mixed block by block, CX_ij = sum_t weight_t CX^t_ij, each term keeping its
+own row statistics. Values and gradients equal the full path's up to floating-point rounding.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .distances import pairwise_distance
-from .similarity import row_denominator
+from .similarity import Term, row_denominator
 
 __all__ = ["blocked_similarity", "default_block_rows"]
 
@@ -40,110 +44,152 @@ def default_block_rows(batch: int, num_x: int, num_y: int, device: torch.device)
     return max(1, min(num_x, budget // max(1, batch * num_y)))
 
 
+def _term_cx(x_block, y_points, distance, band_width, eps):
+    """CX^t for a block of rows, with the row statistics the backward needs."""
+    dist = pairwise_distance(distance, x_block, y_points)
+    minimum, argmin = dist.min(dim=-1, keepdim=True)
+    # (1 - d / denom) / h, in place: one block alive at a time.
+    logits = dist.div_(row_denominator(minimum, eps)).neg_().add_(1.0).div_(band_width)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    return logits.sub_(lse).exp_(), minimum, argmin, lse
+
+
+def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_row, grad_best,
+                   needs_grad):
+    """Gradients of one term's points for one block, given the gradient reaching CX^t_ij.
+
+    ``grad_best`` (B, 1, N) is the gradient of column j's max, already scaled by the term's
+    weight; it reaches only row ``local_row`` (B, 1, N) of each column (zero where the best row
+    lies outside this block). ``needs_grad`` says which of (x, y) want a gradient; the others
+    get ``None``.
+    """
+    minimum, argmin, lse = stats
+    with torch.enable_grad():
+        x_block = x_block.detach().requires_grad_(needs_grad[0])
+        y_all = y_points.detach().requires_grad_(needs_grad[1])
+        dist = pairwise_distance(distance, x_block, y_all)
+    with torch.no_grad():
+        tiny = torch.finfo(minimum.dtype).tiny
+        denominator = row_denominator(minimum, eps)
+        logits = torch.div(dist, denominator).neg_().add_(1.0).div_(band_width)
+        cx = logits.sub_(lse).exp_()
+        cx_best = cx.gather(1, local_row)
+        # Softmax backward: dlogit_ik = CX_ik (g_ik - sum_j g_ij CX_ij), with g sparse.
+        row_dot = torch.zeros_like(minimum).squeeze(-1)
+        row_dot.scatter_add_(1, local_row.squeeze(1), (grad_best * cx_best).squeeze(1))
+        grad_logits = cx.mul_(-row_dot.unsqueeze(-1))
+        grad_logits.scatter_add_(1, local_row, cx_best * grad_best)
+        # logit = (1 - d / denom) / h, so dlogit/ddenom = d / (h denom^2).
+        grad_denominator = torch.matmul(grad_logits.unsqueeze(-2), dist.unsqueeze(-1))
+        grad_denominator = grad_denominator.squeeze(-1) / (band_width * denominator.square())
+        # denom = max(min_k d_ik + eps, tiny); the min routes to its argmin.
+        grad_denominator *= (minimum + eps) > tiny
+        grad_dist = grad_logits.div_(-band_width * denominator)
+        grad_dist.scatter_add_(-1, argmin, grad_denominator)
+    wanted = [p for p, needed in zip((x_block, y_all), needs_grad) if needed]
+    found = iter(torch.autograd.grad(dist, wanted, grad_dist))
+    return tuple(next(found) if needed else None for needed in needs_grad)
+
+
 class _BlockedSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_points, y_points, distance, band_width, eps, block_rows):
-        batch, num_x, _ = x_points.shape
-        num_y = y_points.shape[1]
-        best = x_points.new_full((batch, num_y), -1.0)
-        best_row = torch.zeros(batch, num_y, dtype=torch.long, device=x_points.device)
-        row_min = x_points.new_empty(batch, num_x, 1)
-        row_argmin = torch.empty(batch, num_x, 1, dtype=torch.long, device=x_points.device)
-        row_lse = x_points.new_empty(batch, num_x, 1)
+    def forward(ctx, settings, *points):
+        distances, weights, band_width, eps, block_rows = settings
+        x_first = points[0]
+        batch, num_x = x_first.shape[:2]
+        num_y = points[1].shape[1]
+        best = x_first.new_full((batch, num_y), -1.0)
+        best_row = torch.zeros(batch, num_y, dtype=torch.long, device=x_first.device)
+        # Per term and row: min_k d_ik, its argmin, and the log of the softmax normaliser.
+        stats = [
+            (x_first.new_empty(batch, num_x, 1),
+             torch.empty(batch, num_x, 1, dtype=torch.long, device=x_first.device),
+             x_first.new_empty(batch, num_x, 1))
+            for _ in distances
+        ]
 
         for start in range(0, num_x, block_rows):
             stop = min(start + block_rows, num_x)
-            dist = pairwise_distance(distance, x_points[:, start:stop], y_points)
-            minimum, argmin = dist.min(dim=-1, keepdim=True)
-            # (1 - d / denom) / h, in place: one block alive at a time.
-            logits = dist.div_(row_denominator(minimum, eps)).neg_().add_(1.0).div_(band_width)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            cx = logits.sub_(lse).exp_()
-            block_best, block_row = cx.max(dim=1)
+            mixed = None
+            for t, (distance, weight) in enumerate(zip(distances, weights)):
+                x_points, y_points = points[2 * t], points[2 * t + 1]
+                cx, minimum, argmin, lse = _term_cx(
+                    x_points[:, start:stop], y_points, distance, band_width, eps
+                )
+                for saved, value in zip(stats[t], (minimum, argmin, lse)):
+                    saved[:, start:stop] = value
+                mixed = cx.mul_(weight) if mixed is None else mixed.add_(cx, alpha=weight)
+            block_best, block_row = mixed.max(dim=1)
             # Strictly greater: on ties the earlier row keeps the column, as a single max would.
             better = block_best > best
             best = torch.where(better, block_best, best)
             best_row = torch.where(better, block_row + start, best_row)
-            row_min[:, start:stop] = minimum
-            row_argmin[:, start:stop] = argmin
-            row_lse[:, start:stop] = lse
 
-        ctx.save_for_backward(x_points, y_points, row_min, row_argmin, row_lse, best_row)
-        ctx.settings = (distance, band_width, eps, block_rows)
+        ctx.save_for_backward(best_row, *points, *(s for term in stats for s in term))
+        ctx.settings = settings
         return best.mean(dim=-1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_score):
-        x_points, y_points, row_min, row_argmin, row_lse, best_row = ctx.saved_tensors
-        distance, band_width, eps, block_rows = ctx.settings
-        num_x, num_y = x_points.shape[1], y_points.shape[1]
+        distances, weights, band_width, eps, block_rows = ctx.settings
+        best_row, *saved = ctx.saved_tensors
+        num_terms = len(distances)
+        points, flat_stats = saved[: 2 * num_terms], saved[2 * num_terms :]
+        num_x, num_y = points[0].shape[1], points[1].shape[1]
         # d score / d best_j = 1/N for every column j.
         grad_best = (grad_score / num_y).unsqueeze(-1).expand(-1, num_y)
-        grad_x = torch.zeros_like(x_points)
-        grad_y = torch.zeros_like(y_points)
-        tiny = torch.finfo(row_min.dtype).tiny
+        needs = ctx.needs_input_grad[1:]
+        grads = [torch.zeros_like(p) if needed else None for p, needed in zip(points, needs)]
 
         for start in range(0, num_x, block_rows):
             stop = min(start + block_rows, num_x)
             rows = stop - start
-            with torch.enable_grad():
-                x_block = x_points[:, start:stop].detach().requires_grad_()
-                y_all = y_points.detach().requires_grad_()
-                dist = pairwise_distance(distance, x_block, y_all)
-            with torch.no_grad():
-                minimum = row_min[:, start:stop]
-                denominator = row_denominator(minimum, eps)
-                logits = torch.div(dist, denominator).neg_().add_(1.0).div_(band_width)
-                cx = logits.sub_(row_lse[:, start:stop]).exp_()
+            local_row = best_row - start
+            in_block = (local_row >= 0) & (local_row < rows)
+            local_row = local_row.clamp(0, rows - 1).unsqueeze(1)
+            grad_best_here = (grad_best * in_block).unsqueeze(1)
+            for t, (distance, weight) in enumerate(zip(distances, weights)):
+                term_needs = needs[2 * t : 2 * t + 2]
+                if not any(term_needs):
+                    continue
+                stats = tuple(s[:, start:stop] for s in flat_stats[3 * t : 3 * t + 3])
+                gx, gy = _term_backward(
+                    points[2 * t][:, start:stop], points[2 * t + 1], distance, band_width, eps,
+                    stats, local_row, grad_best_here * weight, term_needs,
+                )
+                if gx is not None:
+                    grads[2 * t][:, start:stop] = gx
+                if gy is not None:
+                    grads[2 * t + 1] += gy
 
-                # The gradient reaching CX_ij is g_j on the best row of column j, zero elsewhere;
-                # kept sparse, as one (row, g_j) pair per column.
-                local_row = best_row - start
-                in_block = (local_row >= 0) & (local_row < rows)
-                local_row = local_row.clamp(0, rows - 1).unsqueeze(1)
-                grad_best_here = (grad_best * in_block).unsqueeze(1)
-                cx_best = cx.gather(1, local_row)
-                # Softmax backward: dlogit_ik = CX_ik (g_ik - sum_j g_ij CX_ij).
-                row_dot = torch.zeros_like(minimum).squeeze(-1)
-                row_dot.scatter_add_(1, local_row.squeeze(1), (grad_best_here * cx_best).squeeze(1))
-                grad_logits = cx.mul_(-row_dot.unsqueeze(-1))
-                grad_logits.scatter_add_(1, local_row, cx_best * grad_best_here)
-                # logit = (1 - d / denom) / h, so dlogit/ddenom = d / (h denom^2).
-                grad_denominator = torch.matmul(grad_logits.unsqueeze(-2), dist.unsqueeze(-1))
-                grad_denominator = grad_denominator.squeeze(-1) / (band_width * denominator.square())
-                # denom = max(min_k d_ik + eps, tiny); the min routes to its argmin.
-                grad_denominator *= (minimum + eps) > tiny
-                grad_dist = grad_logits.div_(-band_width * denominator)
-                grad_dist.scatter_add_(-1, row_argmin[:, start:stop], grad_denominator)
-            gx, gy = torch.autograd.grad(dist, (x_block, y_all), grad_dist)
-            grad_x[:, start:stop] = gx
-            grad_y += gy
-
-        return grad_x, grad_y, None, None, None, None
+        return (None, *grads)
 
 
 def blocked_similarity(
-    x_points: torch.Tensor,
-    y_points: torch.Tensor,
+    terms: Sequence[Term],
     *,
-    distance: str,
     band_width: float,
     eps: float,
     block_rows: int | None = None,
 ) -> torch.Tensor:
-    """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C) and (B, N, C), in blocks.
+    """CX(X, Y) per sample, (B,), of the weighted mix of ``terms``, computed in blocks of rows.
 
     Args:
-        x_points: prepared generated points (see :func:`cxlib.distances.prepare_points`).
-        y_points: prepared target points.
-        distance: one of ``"cosine"``, ``"l2"``, ``"l1"``.
+        terms: the comparisons whose CX_ij are mixed (see :class:`cxlib.similarity.Term`); all
+            share the same Nx generated and N target positions.
         band_width: h of Eq. 3.
         eps: eps of Eq. 2.
         block_rows: rows of the (Nx, N) matrix per block; ``None`` picks
             :func:`default_block_rows`.
     """
+    x_points, y_points = terms[0].x_points, terms[0].y_points
     if block_rows is None:
         batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
         block_rows = default_block_rows(batch, num_x, num_y, x_points.device)
-    return _BlockedSimilarity.apply(x_points, y_points, distance, band_width, eps, block_rows)
+    settings = (
+        tuple(t.distance for t in terms), tuple(t.weight for t in terms), band_width, eps,
+        block_rows,
+    )
+    flat = [p for t in terms for p in (t.x_points, t.y_points)]
+    return _BlockedSimilarity.apply(settings, *flat)

@@ -18,18 +18,14 @@ from ._checks import (
     check_positive,
     check_positive_int,
 )
+from ._reduction import REDUCTIONS, reduce_batch
 from .blocked import blocked_similarity
 from .distances import DISTANCES, as_point_sets, pairwise_distance, prepare_points
-from .similarity import (
-    relative_distance,
-    similarity_from_distance,
-    similarity_logits,
-)
+from .similarity import Term, relative_distance, similarity_from_terms, similarity_logits
 
 __all__ = [
     "AUTO_FULL_MAX_ELEMENTS",
     "IMPLEMENTATIONS",
-    "REDUCTIONS",
     "ContextualLoss",
     "ContextualMatrices",
     "contextual_loss",
@@ -39,14 +35,14 @@ __all__ = [
 
 #: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems, else ``"blocked"``.
 IMPLEMENTATIONS = ("auto", "full", "blocked")
-#: Values of ``reduction=``.
-REDUCTIONS = ("mean", "sum", "none")
 #: ``"auto"`` uses the full path while B * Nx * N is at most this (a 16 MiB float32 matrix).
 AUTO_FULL_MAX_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
-class _Settings:
+class Settings:
+    """Checked hyper-parameters shared by the contextual losses."""
+
     band_width: float
     eps: float
     distance: str
@@ -55,15 +51,15 @@ class _Settings:
     sample_positions: int | None
 
 
-def _check_settings(
+def check_settings(
     band_width: object,
     eps: object,
     distance: object,
     implementation: object,
     block_size: object,
     sample_positions: object,
-) -> _Settings:
-    return _Settings(
+) -> Settings:
+    return Settings(
         band_width=check_positive("band_width", band_width),
         eps=check_nonnegative("eps", eps),
         distance=check_choice("distance", distance, DISTANCES),
@@ -82,16 +78,20 @@ def _random_positions(
     return torch.randperm(num, generator=generator)[:count].to(device)
 
 
-def _compute_similarity(
-    x: torch.Tensor, y: torch.Tensor, settings: _Settings, generator: torch.Generator | None
-) -> torch.Tensor:
-    """CX(X, Y) per sample, in float32 for half-precision input, else in the input's dtype."""
+def sampled_point_sets(
+    x: torch.Tensor, y: torch.Tensor, settings: Settings, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Check two feature maps and return them as point sets (B, Nx, C), (B, N, C).
+
+    Half precision is raised to float32. With ``settings.sample_positions``, only a random subset
+    of positions is kept; the kept indices of x and y are returned too (``None``: all kept).
+    """
     x, y = check_feature_pair(x, y)
     if x.dtype in (torch.float16, torch.bfloat16):
         # Eq. 2 divides by a small minimum distance: half precision is not enough for it.
         x, y = x.float(), y.float()
-
     x_points, y_points = as_point_sets(x), as_point_sets(y)
+    x_index = y_index = None
     if settings.sample_positions is not None:
         # As the authors' code: the same random positions for every sample of the batch, and in
         # both maps when they have the same size.
@@ -102,35 +102,30 @@ def _compute_similarity(
             y_points = y_points[:, y_index]
         if x_index is not None:
             x_points = x_points[:, x_index]
+    return x_points, y_points, x_index, y_index
 
-    x_points, y_points = prepare_points(settings.distance, x_points, y_points)
-    batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
+
+def score_terms(terms: list[Term], settings: Settings) -> torch.Tensor:
+    """CX(X, Y) per sample of the mixed terms, on the path ``settings.implementation`` asks for."""
+    batch, num_x, num_y = terms[0].x_points.shape[0], terms[0].x_points.shape[1], terms[0].y_points.shape[1]
     implementation = settings.implementation
     if implementation == "auto":
         full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
         implementation = "full" if full_fits and settings.block_size is None else "blocked"
-
     if implementation == "full":
-        dist = pairwise_distance(settings.distance, x_points, y_points)
-        score = similarity_from_distance(dist, settings.band_width, settings.eps)
-    else:
-        score = blocked_similarity(
-            x_points,
-            y_points,
-            distance=settings.distance,
-            band_width=settings.band_width,
-            eps=settings.eps,
-            block_rows=settings.block_size,
-        )
-    return score
+        return similarity_from_terms(terms, settings.band_width, settings.eps)
+    return blocked_similarity(
+        terms, band_width=settings.band_width, eps=settings.eps, block_rows=settings.block_size
+    )
 
 
-def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    return values
+def _compute_similarity(
+    x: torch.Tensor, y: torch.Tensor, settings: Settings, generator: torch.Generator | None
+) -> torch.Tensor:
+    """CX(X, Y) per sample, in float32 for half-precision input, else in the input's dtype."""
+    x_points, y_points, _, _ = sampled_point_sets(x, y, settings, generator)
+    x_points, y_points = prepare_points(settings.distance, x_points, y_points)
+    return score_terms([Term(x_points, y_points, settings.distance)], settings)
 
 
 _MATH = r"""
@@ -189,7 +184,7 @@ def contextual_similarity(
     sample_positions: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    settings = _check_settings(
+    settings = check_settings(
         band_width, eps, distance, implementation, block_size, sample_positions
     )
     return _compute_similarity(x, y, settings, generator).to(x.dtype)
@@ -244,12 +239,12 @@ def contextual_loss(
     sample_positions: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    settings = _check_settings(
+    settings = check_settings(
         band_width, eps, distance, implementation, block_size, sample_positions
     )
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     similarity = _compute_similarity(x, y, settings, generator)
-    return _reduce(-torch.log(similarity), reduction).to(x.dtype)
+    return reduce_batch(-torch.log(similarity), reduction).to(x.dtype)
 
 
 contextual_loss.__doc__ = (
@@ -330,7 +325,7 @@ class ContextualLoss(nn.Module):
         sample_positions: int | None = None,
     ) -> None:
         super().__init__()
-        settings = _check_settings(
+        settings = check_settings(
             band_width, eps, distance, implementation, block_size, sample_positions
         )
         self.band_width = settings.band_width
@@ -425,7 +420,7 @@ def contextual_matrices(
         >>> m.best_match.tolist()
         [0, 1, 2, 3, 4, 5, 6, 7, 8]
     """
-    settings = _check_settings(band_width, eps, distance, "full", None, None)
+    settings = check_settings(band_width, eps, distance, "full", None, None)
     x, y = (t.unsqueeze(0) if isinstance(t, torch.Tensor) and t.dim() == 3 else t for t in (x, y))
     x, y = check_feature_pair(x, y)
     if x.shape[0] != 1:

@@ -9,19 +9,40 @@ Given distances d (B, Nx, N) between generated points x_i and target points y_j:
 
 CX_ij is exactly a softmax over k of the logits (1 - d~_ik) / h, which is how it is computed
 here: exp() of the raw logits overflows in float32 for h < 1/88.
+
+A :class:`Term` is one such comparison; several terms over the same (i, j) grid can be mixed
+before the max of Eq. 5, CX_ij = sum_t weight_t CX^t_ij, which is how the contextual bilateral
+loss adds a spatial term to the feature term.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 
+from .distances import pairwise_distance
+
 __all__ = [
+    "Term",
     "relative_distance",
     "row_denominator",
+    "similarity_from_terms",
     "similarity_logits",
     "similarity_matrix",
-    "similarity_from_distance",
 ]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One comparison entering CX_ij: prepared points (B, Nx, C) and (B, N, C), a distance name
+    (see :mod:`cxlib.distances`) and the weight of its CX_ij in the mix."""
+
+    x_points: torch.Tensor
+    y_points: torch.Tensor
+    distance: str
+    weight: float = 1.0
 
 
 def row_denominator(row_min: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,7 +70,12 @@ def similarity_matrix(distance: torch.Tensor, band_width: float, eps: float) -> 
     return torch.softmax(logits, dim=-1)
 
 
-def similarity_from_distance(distance: torch.Tensor, band_width: float, eps: float) -> torch.Tensor:
-    """Eq. 5 from a full distance matrix (B, Nx, N): CX(X, Y) of each sample, shape (B,)."""
-    cx = similarity_matrix(distance, band_width, eps)
+def similarity_from_terms(terms: Sequence[Term], band_width: float, eps: float) -> torch.Tensor:
+    """Eq. 5 on full matrices: CX(X, Y) per sample, (B,), of the weighted mix of the terms."""
+    cx = sum(
+        term.weight
+        * similarity_matrix(pairwise_distance(term.distance, term.x_points, term.y_points),
+                            band_width, eps)
+        for term in terms
+    )
     return cx.max(dim=-2).values.mean(dim=-1)

@@ -8,6 +8,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+class NetworkUsedError(RuntimeError):
+    pass
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No test touches the network, nor the developer's own TORCH_HOME cache."""
+
+    def refuse(url, *args, **kwargs):
+        raise NetworkUsedError(f"tests must not download ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("CXLIB_ALLOW_RANDOM_WEIGHTS", raising=False)
+    import cxlib.vgg
+
+    monkeypatch.setattr(cxlib.vgg, "_warned_random", False)
+    monkeypatch.setattr(cxlib.vgg, "_download_failed", False)

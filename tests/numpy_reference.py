@@ -57,3 +57,24 @@ def contextual_similarity(x: np.ndarray, y: np.ndarray, band_width: float = 0.5,
         contextual_intermediates(xb, yb, band_width, eps, distance)["score"]
         for xb, yb in zip(xs, ys)
     ])
+
+
+def positions(height: int, width: int) -> np.ndarray:
+    """Pixel-centre coordinates in [0, 1], (H*W, 2), row-major."""
+    rows, cols = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width,
+                             indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=1)
+
+
+def bilateral_similarity(x: np.ndarray, y: np.ndarray, weight_sp: float, band_width: float = 0.5,
+                         eps: float = 1e-5, distance: str = "cosine") -> np.ndarray:
+    """CoBi's CX per sample: mix of feature and coordinate CX_ij before the max over i."""
+    xs, ys = point_sets(np.asarray(x, np.float64)), point_sets(np.asarray(y, np.float64))
+    px, py = positions(*x.shape[2:]), positions(*y.shape[2:])
+    spatial = contextual_intermediates(px, py, band_width, eps, "l2")["similarity"]
+    out = []
+    for xb, yb in zip(xs, ys):
+        feat = contextual_intermediates(xb, yb, band_width, eps, distance)["similarity"]
+        mixed = (1 - weight_sp) * feat + weight_sp * spatial
+        out.append(mixed.max(axis=0).mean())
+    return np.array(out)

@@ -134,19 +134,21 @@ _MATH = r"""
 
     .. math::
 
-        d_{ij} = 1 - \frac{(x_i - \mu_y)\cdot(y_j - \mu_y)}{\|x_i - \mu_y\|_2\,\|y_j - \mu_y\|_2},
-        \qquad
-        \tilde d_{ij} = \frac{d_{ij}}{\min_k d_{ik} + \epsilon},
-        \qquad
-        w_{ij} = \exp\Big(\frac{1 - \tilde d_{ij}}{h}\Big),
+        d_{ij} = 1 - \frac{(x_i - \mu_y)\cdot(y_j - \mu_y)}{\|x_i - \mu_y\|_2\,\|y_j - \mu_y\|_2}
 
     .. math::
 
-        \mathrm{CX}_{ij} = \frac{w_{ij}}{\sum_k w_{ik}},
+        \tilde d_{ij} = \frac{d_{ij}}{\min_k d_{ik} + \epsilon},
         \qquad
+        w_{ij} = \exp\Big(\frac{1 - \tilde d_{ij}}{h}\Big),
+        \qquad
+        \mathrm{CX}_{ij} = \frac{w_{ij}}{\sum_k w_{ik}}
+
+    .. math::
+
         \mathrm{CX}(X, Y) = \frac{1}{N}\sum_j \max_i \mathrm{CX}_{ij},
         \qquad
-        \mathcal{L}_{CX} = -\log \mathrm{CX}(X, Y).
+        \mathcal{L}_{CX} = -\log \mathrm{CX}(X, Y)
 
     :math:`\mathrm{CX}_{ij}` is computed as a softmax over :math:`k`, so small :math:`h` never
     overflows. The paper centres by the mean of each target image, as here; the authors'
@@ -191,7 +193,7 @@ def contextual_similarity(
 
 
 contextual_similarity.__doc__ = (
-    r"""Contextual similarity CX(X, Y) of each sample (Eq. 5 of the paper), in [0, 1].
+    r"""Contextual similarity CX(X, Y) of each sample, in [0, 1] (equation 5 of the paper).
 
     For each target feature :math:`y_j` it finds the generated feature :math:`x_i` that is most
     contextually similar to it and averages those similarities over :math:`j`.
@@ -248,7 +250,7 @@ def contextual_loss(
 
 
 contextual_loss.__doc__ = (
-    r"""Contextual loss :math:`\mathcal{L}_{CX}(x, y) = -\log \mathrm{CX}(X, Y)` (Eq. 6).
+    r"""Contextual loss :math:`\mathcal{L}_{CX} = -\log \mathrm{CX}(X, Y)` (equation 6 of the paper).
 
     0 when every target feature has a distinct, clearly closest generated feature (for example
     ``x`` equal to ``y``); about :math:`\log N` when the two sets are far apart.

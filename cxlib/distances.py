@@ -48,11 +48,12 @@ def prepare_points(
 
 
 def pairwise_distance(distance: str, x_points: torch.Tensor, y_points: torch.Tensor) -> torch.Tensor:
-    """Distances d_ij between prepared points, (B, Nx, C) x (B, N, C) -> (B, Nx, N).
+    r"""Distances d_ij between prepared points, (B, Nx, C) x (B, N, C) -> (B, Nx, N).
 
-    - ``"cosine"``: 1 - x_i . y_j on L2-normalised points, in [0, 2];
-    - ``"l2"``: squared Euclidean distance |x_i - y_j|^2 (no square root, as the authors' code);
-    - ``"l1"``: sum over channels of |x_i - y_j|.
+    - ``"cosine"``: :math:`1 - x_i \cdot y_j` on L2-normalised points, in [0, 2];
+    - ``"l2"``: squared Euclidean distance :math:`\|x_i - y_j\|_2^2` (no square root, as the
+      authors' code);
+    - ``"l1"``: :math:`\sum_c |x_{ic} - y_{jc}|`, summed over the channels.
     """
     if distance == "cosine":
         return 1.0 - torch.bmm(x_points, y_points.transpose(1, 2))

@@ -8,6 +8,8 @@ output before the ReLU (with in-place ReLUs a stored conv output silently become
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -118,7 +120,10 @@ def _load_imagenet_state() -> dict[str, torch.Tensor] | None:
         return None
     try:
         # Downloads into the TORCH_HOME cache (hash-checked) unless the file is already there.
-        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+        # torch.hub prints "Downloading: ..." on stdout; a library should not, and the progress
+        # bar (stderr) already shows a download that happens.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
     except Exception as error:  # noqa: BLE001 - the cause is named in the message
         if cached:
             raise WeightsUnavailableError(

@@ -1,0 +1,184 @@
+"""Real photographs that work offline, and the misalignments the book puts them through.
+
+Photographs come from scikit-image's bundled data (no download). Images are float tensors
+(B, 3, H, W) in [0, 1]; every transform is made of differentiable torch operations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_nonnegative, check_tensor
+
+__all__ = [
+    "PHOTOGRAPHS",
+    "add_noise",
+    "load_image",
+    "misalign",
+    "misalignment_grid",
+    "psnr",
+    "smooth_warp_field",
+    "ssim",
+    "to_numpy_image",
+]
+
+#: Names of the photographs (colour or grey) bundled with scikit-image that :func:`load_image` takes.
+PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field",
+               "immunohistochemistry", "colorwheel", "brick", "grass", "gravel", "camera")
+
+
+def load_image(name: str, size: int | Sequence[int] | None = None, *,
+               crop: Sequence[int] | None = None) -> torch.Tensor:
+    """A photograph bundled with scikit-image as a (1, 3, H, W) float tensor in [0, 1].
+
+    Args:
+        name: one of :data:`PHOTOGRAPHS` (grey ones are repeated over RGB).
+        size: resize to ``size`` x ``size``, or to (height, width); ``None`` keeps the size.
+        crop: (top, left, height, width) in the original's pixels, applied before resizing.
+
+    Example:
+        >>> import cxlib.images
+        >>> cxlib.images.load_image("chelsea", 64).shape
+        torch.Size([1, 3, 64, 64])
+    """
+    if name not in PHOTOGRAPHS:
+        raise ValueError(f"unknown photograph {name!r}; choose one of {', '.join(PHOTOGRAPHS)}")
+    try:
+        import skimage.data
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("load_image needs scikit-image: pip install scikit-image") from error
+    array = getattr(skimage.data, name)()
+    image = torch.from_numpy(array.copy())
+    if image.dim() == 2:
+        image = image.unsqueeze(-1).expand(-1, -1, 3)
+    image = image[..., :3].permute(2, 0, 1).unsqueeze(0)
+    image = image.float() / (255.0 if array.dtype.kind == "u" else float(max(array.max(), 1)))
+    if crop is not None:
+        top, left, height, width = crop
+        image = image[:, :, top : top + height, left : left + width]
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        image = F.interpolate(image, size=hw, mode="bilinear", antialias=True, align_corners=False)
+    return image.clamp(0.0, 1.0).contiguous()
+
+
+def smooth_warp_field(height: int, width: int, *, amplitude: float, smoothness: int = 4,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """A smooth random displacement field (1, H, W, 2), in pixels, of roughly ``amplitude``.
+
+    Random displacements on a coarse ``smoothness`` x ``smoothness`` grid, upsampled bicubically:
+    a non-rigid deformation, like a face that moved or cloth that folded.
+    """
+    coarse = torch.randn(1, 2, smoothness, smoothness, generator=generator)
+    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
+    return (field * amplitude).permute(0, 2, 3, 1)
+
+
+def misalignment_grid(height: int, width: int, *, shift: Sequence[float] = (0.0, 0.0),
+                      rotation: float = 0.0, scale: float = 1.0, warp: float = 0.0,
+                      generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """Where each output pixel of :func:`misalign` takes its value from, (H, W, 2) as (row, col)
+    in input pixels: the true correspondence between a misaligned image and its original."""
+    check_nonnegative("warp", warp)
+    # Output pixel p samples the input at R^-1 (p - shift) / scale, in pixels about the centre.
+    rows = torch.arange(height, dtype=dtype, device=device) - (height - 1) / 2
+    cols = torch.arange(width, dtype=dtype, device=device) - (width - 1) / 2
+    grid_r, grid_c = torch.meshgrid(rows - shift[0], cols - shift[1], indexing="ij")
+    angle = math.radians(rotation)
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    source = torch.stack([sin * grid_c + cos * grid_r, cos * grid_c - sin * grid_r], dim=-1)
+    if warp > 0:
+        field = smooth_warp_field(height, width, amplitude=warp, generator=generator)[0]
+        source = source + field.to(dtype=dtype, device=device)
+    centre = torch.tensor([(height - 1) / 2, (width - 1) / 2], dtype=dtype, device=device)
+    return source + centre
+
+
+def misalign(images: torch.Tensor, *, shift: Sequence[float] = (0.0, 0.0), rotation: float = 0.0,
+             scale: float = 1.0, warp: float = 0.0, generator: torch.Generator | None = None
+             ) -> torch.Tensor:
+    """Move the content of images: shift (pixels, (down, right)), rotate (degrees, about the
+    centre), scale, and warp with a smooth random field of amplitude ``warp`` pixels.
+
+    Pixels that come from outside the image repeat the border (no black corners that a loss
+    could lock onto). :func:`misalignment_grid` gives, for the same arguments and generator
+    state, where each output pixel came from.
+
+    Args:
+        images: (B, C, H, W).
+        shift: (down, right) in pixels.
+        rotation: in degrees, about the centre.
+        scale: > 1 zooms in.
+        warp: amplitude of the smooth random deformation, in pixels; 0 for none.
+        generator: random generator for the warp.
+
+    Returns:
+        The moved images, (B, C, H, W).
+
+    Example:
+        >>> import torch, cxlib.images
+        >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1.0
+        >>> moved = cxlib.images.misalign(x, shift=(1, 0))
+        >>> moved[0, 0, 3, 2].item()
+        1.0
+    """
+    images = check_tensor("images", images, ndim=4)
+    batch, _, height, width = images.shape
+    source = misalignment_grid(height, width, shift=shift, rotation=rotation, scale=scale,
+                               warp=warp, generator=generator, dtype=images.dtype,
+                               device=images.device)
+    # To grid_sample's (x, y) in [-1, 1] (align_corners=True: -1 and 1 are the edge pixels' centres).
+    half = torch.tensor([(height - 1) / 2, (width - 1) / 2], dtype=images.dtype, device=images.device)
+    normalised = (source / half.clamp_min(0.5) - 1.0).flip(-1)
+    return F.grid_sample(images, normalised.unsqueeze(0).expand(batch, -1, -1, -1),
+                         mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def add_noise(images: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """Images plus Gaussian noise of standard deviation ``sigma``, clipped to [0, 1]."""
+    images = check_tensor("images", images, ndim=4)
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device)
+    return (images + check_nonnegative("sigma", sigma) * noise).clamp(0.0, 1.0)
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images in [0, 1], per sample (B,)."""
+    mse = (images - reference).square().flatten(1).mean(1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def ssim(images: torch.Tensor, reference: torch.Tensor, *, window: int = 7) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) of images in [0, 1], per sample (B,).
+
+    Uniform ``window`` x ``window`` windows, constants K1 = 0.01 and K2 = 0.03, averaged over
+    channels and valid positions (as scikit-image's ``structural_similarity`` with its defaults).
+    """
+    c1, c2 = 0.01**2, 0.03**2
+    channels = images.shape[1]
+    kernel = torch.ones(channels, 1, window, window, dtype=images.dtype, device=images.device)
+    kernel = kernel / window**2
+    # Sample covariances (divided by n - 1), as scikit-image does.
+    unbias = window**2 / (window**2 - 1)
+
+    def local_mean(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=channels)
+
+    mu_x, mu_y = local_mean(images), local_mean(reference)
+    var_x = unbias * (local_mean(images * images) - mu_x**2)
+    var_y = unbias * (local_mean(reference * reference) - mu_y**2)
+    cov = unbias * (local_mean(images * reference) - mu_x * mu_y)
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return value.flatten(1).mean(1)
+
+
+def to_numpy_image(image: torch.Tensor):
+    """(1, 3, H, W) or (3, H, W) tensor -> (H, W, 3) NumPy array in [0, 1], for plotting."""
+    if image.dim() == 4:
+        image = image[0]
+    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()

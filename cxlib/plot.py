@@ -1,0 +1,111 @@
+"""Figures the book draws: image rows, and the correspondences the contextual loss finds.
+
+Needs matplotlib (``pip install cxlib[book]``). Every function returns the figure it drew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .images import to_numpy_image
+
+__all__ = ["correspondence_field", "position_colors", "show_correspondence", "show_images"]
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("cxlib.plot needs matplotlib: pip install matplotlib") from error
+    return plt
+
+
+def show_images(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, *,
+                ncols: int | None = None, size: float = 2.6, suptitle: str | None = None):
+    """Draw images (each (1, 3, H, W), (3, H, W) or (H, W)) in a row or grid, without axes."""
+    plt = _pyplot()
+    count = len(images)
+    ncols = ncols or count
+    nrows = -(-count // ncols)
+    # At most 11 inches wide: wider figures are shrunk to the page and their titles with them.
+    size = min(size, 11.0 / ncols)
+    height = size * nrows + (0.4 if suptitle else 0.0) + (0.3 if titles else 0.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, height), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= count:
+            continue
+        image = images[k]
+        if isinstance(image, torch.Tensor) and image.dim() == 2:
+            ax.imshow(image.detach().cpu().numpy(), cmap="viridis")
+        else:
+            ax.imshow(to_numpy_image(image) if isinstance(image, torch.Tensor) else image)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=10)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def position_colors(height: int, width: int) -> np.ndarray:
+    """A colour for every position of an (H, W) grid, (H, W, 3) in [0, 1]: hue by the angle
+    about the centre and saturation by the distance from it, so that nearby positions have
+    similar colours and every position has its own."""
+    import colorsys
+
+    rows, cols = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    hue = (np.arctan2(rows, cols) / (2 * np.pi)) % 1.0
+    sat = np.clip(np.hypot(rows, cols) / np.sqrt(2), 0, 1)
+    colors = np.array([colorsys.hsv_to_rgb(h, 0.15 + 0.85 * s, 0.95) for h, s in
+                       zip(hue.ravel(), sat.ravel())])
+    return colors.reshape(height, width, 3)
+
+
+def correspondence_field(best_match: torch.Tensor, source_shape: Sequence[int],
+                         target_shape: Sequence[int]) -> np.ndarray:
+    """Colour each target position by the colour of the source position it matched.
+
+    Args:
+        best_match: for each of the N target positions, the index of its source position (as
+            :attr:`cxlib.ContextualMatrices.best_match`), (N,).
+        source_shape: (H, W) of the source (generated) map.
+        target_shape: (H, W) of the target map.
+
+    Returns:
+        (H_target, W_target, 3) colours; a target matched to the same place in the source has the
+        colour that :func:`position_colors` gives that place.
+    """
+    palette = position_colors(*source_shape).reshape(-1, 3)
+    return palette[best_match.detach().cpu().numpy()].reshape(*target_shape, 3)
+
+
+def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, source_shape,
+                        target_shape, *, title: str = ""):
+    """Source and target images, the source's position colours, the correspondence field (which
+    source position each target position matched) and its strength max_i CX_ij."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0))
+    strength = matrices.best_similarity.detach().cpu().reshape(*target_shape).numpy()
+    panels = [
+        (to_numpy_image(source), "source x"),
+        (position_colors(*source_shape), "colour of each source position"),
+        (to_numpy_image(target), "target y"),
+        (correspondence_field(matrices.best_match, source_shape, target_shape),
+         "target positions coloured\nby the source position matched"),
+    ]
+    for ax, (image, label) in zip(axes, panels):
+        ax.imshow(image)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    shown = axes[4].imshow(strength, cmap="magma", vmin=0)
+    axes[4].set_title("strength: max over i of CX_ij", fontsize=9)
+    axes[4].axis("off")
+    fig.colorbar(shown, ax=axes[4], fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

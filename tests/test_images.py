@@ -1,0 +1,105 @@
+"""Photographs, misalignments, image metrics, the book's setting switch and its figure helpers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cxlib import images
+from cxlib.plot import correspondence_field, position_colors
+from cxlib.setting import book_setting
+
+
+def test_load_image_is_rgb_in_unit_range():
+    photo = images.load_image("astronaut", 32)
+    assert photo.shape == (1, 3, 32, 32) and photo.dtype == torch.float32
+    assert 0.0 <= photo.min() and photo.max() <= 1.0 and photo.std() > 0.05
+    grey = images.load_image("camera", (20, 30), crop=(0, 0, 100, 150))
+    assert grey.shape == (1, 3, 20, 30)
+    torch.testing.assert_close(grey[:, 0], grey[:, 1])
+    import skimage.data
+
+    full = images.load_image("chelsea")
+    np.testing.assert_allclose(full[0].permute(1, 2, 0).numpy(), skimage.data.chelsea() / 255.0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown photograph 'lena'"):
+        images.load_image("lena")
+
+
+def test_integer_shift_moves_content_by_whole_pixels():
+    x = torch.rand(1, 3, 12, 12)
+    moved = images.misalign(x, shift=(2, -3))
+    # Output pixel (r, c) shows input pixel (r - 2, c + 3) wherever that exists.
+    torch.testing.assert_close(moved[:, :, 2:, :9], x[:, :, :10, 3:], rtol=1e-5, atol=1e-5)
+    # Outside, the border repeats.
+    torch.testing.assert_close(moved[:, :, 0, :9], x[:, :, 0, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_identity_and_grid_agree_with_misalign():
+    x = torch.rand(2, 3, 9, 11)
+    torch.testing.assert_close(images.misalign(x), x, rtol=1e-5, atol=1e-5)
+    # Misaligning an image of its own coordinates reproduces misalignment_grid where the source
+    # lies inside the image (bilinear interpolation of a linear function is exact).
+    rows, cols = torch.meshgrid(torch.arange(9.0), torch.arange(11.0), indexing="ij")
+    coords = torch.stack([rows, cols]).unsqueeze(0)
+    kwargs = dict(shift=(1.3, -0.7), rotation=12.0, scale=1.1, warp=0.8)
+    moved = images.misalign(coords, **kwargs, generator=torch.Generator().manual_seed(4))
+    grid = images.misalignment_grid(9, 11, **kwargs, generator=torch.Generator().manual_seed(4))
+    inside = (grid[..., 0] >= 0) & (grid[..., 0] <= 8) & (grid[..., 1] >= 0) & (grid[..., 1] <= 10)
+    assert inside.float().mean() > 0.5
+    torch.testing.assert_close(moved[0].permute(1, 2, 0)[inside], grid[inside], rtol=1e-4, atol=1e-4)
+
+
+def test_rotation_about_the_centre_keeps_the_centre():
+    grid = images.misalignment_grid(11, 11, rotation=37.0)
+    torch.testing.assert_close(grid[5, 5], torch.tensor([5.0, 5.0]))
+    # A rotation keeps distances to the centre.
+    d_out = torch.tensor([3.0, -2.0]).norm()
+    torch.testing.assert_close((grid[5 + 3, 5 - 2] - 5.0).norm(), d_out)
+
+
+def test_psnr_closed_form_and_ssim_against_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    a = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    b = (a + 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    mse = (a - b).square().flatten(1).mean(1)
+    torch.testing.assert_close(images.psnr(b, a), 10 * torch.log10(1 / mse))
+    for k in range(2):
+        want = structural_similarity(a[k].permute(1, 2, 0).double().numpy(), b[k].permute(1, 2, 0).double().numpy(),
+                                     channel_axis=2, data_range=1.0)
+        assert images.ssim(b[k : k + 1].double(), a[k : k + 1].double()).item() == pytest.approx(want, rel=1e-6)
+    assert images.ssim(a, a).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_add_noise_has_the_requested_spread():
+    x = torch.full((1, 3, 64, 64), 0.5)
+    noisy = images.add_noise(x, 0.1, generator=torch.Generator().manual_seed(0))
+    assert (noisy - x).std().item() == pytest.approx(0.1, rel=0.05)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        images.add_noise(x, -1.0)
+
+
+def test_position_colours_are_distinct_and_the_identity_field_reproduces_them():
+    colours = position_colors(6, 7)
+    assert colours.shape == (6, 7, 3) and colours.min() >= 0 and colours.max() <= 1
+    assert len({tuple(np.round(c, 6)) for c in colours.reshape(-1, 3)}) == 42
+    field = correspondence_field(torch.arange(42), (6, 7), (6, 7))
+    np.testing.assert_array_equal(field, colours)
+    flipped = correspondence_field(torch.arange(42).flip(0), (6, 7), (6, 7))
+    np.testing.assert_array_equal(flipped, colours[::-1, ::-1])
+
+
+def test_book_setting_reads_the_switch_and_seeds(monkeypatch):
+    monkeypatch.setenv("CXLIB_FAST", "1")
+    fast = book_setting(seed=3, device="cpu")
+    first = torch.rand(1).item()
+    assert fast.fast and fast.choose(fast=1, full=2) == 1 and "fast setting" in fast.describe()
+    monkeypatch.setenv("CXLIB_FAST", "0")
+    full = book_setting(seed=3, device="cpu")
+    assert not full.fast and full.choose(fast=1, full=2) == 2 and torch.rand(1).item() == first
+    monkeypatch.delenv("CXLIB_FAST")
+    assert not book_setting(device="cpu").fast
+    assert math.isfinite(full.seed)

@@ -25,8 +25,16 @@ from .losses import (
     perceptual_loss,
     total_variation,
 )
+from .mrf import mrf_loss
+from .optimize import OptimizationResult, optimize_image
 from .patches import PatchFeatures, patch_features
-from .vgg import VGG19_LAYERS, RandomWeightsWarning, VGG19Features, WeightsUnavailableError
+from .vgg import (
+    VGG19_LAYERS,
+    RandomWeightsWarning,
+    VGG19Features,
+    WeightsUnavailableError,
+    concat_layers,
+)
 from .vgg_losses import GramLoss, PerceptualLoss, VGGContextualLoss
 
 __version__ = "0.1.0"
@@ -40,6 +48,7 @@ __all__ = [
     "GramLoss",
     "L1Loss",
     "L2Loss",
+    "OptimizationResult",
     "PatchFeatures",
     "PerceptualLoss",
     "RandomWeightsWarning",
@@ -51,10 +60,13 @@ __all__ = [
     "contextual_loss",
     "contextual_matrices",
     "contextual_similarity",
+    "concat_layers",
     "gram_loss",
     "gram_matrix",
     "l1_loss",
     "l2_loss",
+    "mrf_loss",
+    "optimize_image",
     "patch_features",
     "perceptual_loss",
     "position_grid",

@@ -28,6 +28,7 @@ __all__ = [
     "RandomWeightsWarning",
     "VGG19Features",
     "WeightsUnavailableError",
+    "concat_layers",
     "imagenet_weights_path",
 ]
 
@@ -179,6 +180,49 @@ def _select_features_state(state: Mapping[str, torch.Tensor], features: nn.Seque
             f"{' ...' if len(unexpected) > 6 else ''}"
         )
     return {key[len("features."):]: state[key] for key in wanted}
+
+
+def concat_layers(features: Mapping[str, torch.Tensor], layers: Iterable[str], *,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Several layers' features as one map: each resized to one size, divided by its number of
+    channels, and concatenated along the channels.
+
+    This is how the authors compare style at several layers with one contextual loss (relu2_1,
+    relu3_1 and relu4_1 resized to relu2_1's size): one set of points whose every feature
+    describes a position at several scales.
+
+    Args:
+        features: name -> (B, C_l, H_l, W_l), as :class:`VGG19Features` returns.
+        layers: the names to combine, in order.
+        size: (H, W) of the result; default: the first layer's size. Resizing is bilinear.
+
+    Returns:
+        (B, sum of C_l, H, W).
+
+    Example:
+        >>> import torch, cxlib
+        >>> feats = {"a": torch.ones(1, 2, 8, 8), "b": torch.ones(1, 4, 4, 4)}
+        >>> out = cxlib.concat_layers(feats, ["a", "b"])
+        >>> out.shape, out[0, :, 0, 0].tolist()
+        (torch.Size([1, 6, 8, 8]), [0.5, 0.5, 0.25, 0.25, 0.25, 0.25])
+    """
+    import torch.nn.functional as F
+
+    names = list(layers)
+    if not names:
+        raise ValueError("layers must name at least one layer, got none")
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ValueError(f"features has no layers {missing}; it has {list(features)}")
+    if size is None:
+        size = tuple(features[names[0]].shape[2:])
+    parts = []
+    for name in names:
+        f = features[name]
+        if tuple(f.shape[2:]) != tuple(size):
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        parts.append(f / f.shape[1])
+    return torch.cat(parts, dim=1)
 
 
 class VGG19Features(nn.Module):

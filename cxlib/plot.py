@@ -84,18 +84,30 @@ def correspondence_field(best_match: torch.Tensor, source_shape: Sequence[int],
 
 
 def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, source_shape,
-                        target_shape, *, title: str = ""):
+                        target_shape, *, title: str = "",
+                        names: tuple[str, str] = ("source x", "target y")):
     """Source and target images, the source's position colours, the correspondence field (which
-    source position each target position matched) and its strength max_i CX_ij."""
+    source position each target position matched) and its strength max_i CX_ij.
+
+    Args:
+        source: the image whose positions are matched (rows i of CX_ij).
+        target: the image whose positions look for a match (columns j).
+        matrices: :func:`cxlib.contextual_matrices` of their features.
+        source_shape: (H, W) of the source's feature map.
+        target_shape: (H, W) of the target's feature map.
+        title: the figure's title.
+        names: what to call the source and the target in the panels.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0))
     strength = matrices.best_similarity.detach().cpu().reshape(*target_shape).numpy()
+    source_name, target_name = names
     panels = [
-        (to_numpy_image(source), "source x"),
-        (position_colors(*source_shape), "colour of each source position"),
-        (to_numpy_image(target), "target y"),
+        (to_numpy_image(source), source_name),
+        (position_colors(*source_shape), f"colour of each {source_name.split()[0]} position"),
+        (to_numpy_image(target), target_name),
         (correspondence_field(matrices.best_match, source_shape, target_shape),
-         "target positions coloured\nby the source position matched"),
+         f"{target_name.split()[0]} positions coloured by\nthe {source_name.split()[0]} position matched"),
     ]
     for ax, (image, label) in zip(axes, panels):
         ax.imshow(image)

@@ -5,6 +5,7 @@ variant, VGG19 features by layer name, raw patch features, and the losses the pa
 against.
 """
 
+from .apps import AnimationObjective, DomainTransferObjective, PuppetObjective
 from .bilateral import ContextualBilateralLoss, contextual_bilateral_loss, position_grid
 from .contextual import (
     ContextualLoss,
@@ -12,6 +13,17 @@ from .contextual import (
     contextual_loss,
     contextual_matrices,
     contextual_similarity,
+)
+from .crn import CRN, CRN_256, crn_config
+from .data import (
+    CelebAAttribute,
+    ImageFolder,
+    StackedImages,
+    VideoFrames,
+    edge_map,
+    synthetic_faces,
+    synthetic_video,
+    write_video,
 )
 from .distances import DISTANCES
 from .losses import (
@@ -35,40 +47,59 @@ from .vgg import (
     WeightsUnavailableError,
     concat_layers,
 )
+from .train import StepBatches, TrainResult, load_checkpoint, train
 from .vgg_losses import GramLoss, PerceptualLoss, VGGContextualLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRN",
+    "CRN_256",
     "DISTANCES",
     "VGG19_LAYERS",
+    "AnimationObjective",
+    "CelebAAttribute",
     "ContextualBilateralLoss",
     "ContextualLoss",
     "ContextualMatrices",
+    "DomainTransferObjective",
     "GramLoss",
+    "ImageFolder",
     "L1Loss",
     "L2Loss",
     "OptimizationResult",
     "PatchFeatures",
     "PerceptualLoss",
+    "PuppetObjective",
     "RandomWeightsWarning",
+    "StackedImages",
+    "StepBatches",
     "TotalVariation",
+    "TrainResult",
     "VGG19Features",
     "VGGContextualLoss",
+    "VideoFrames",
     "WeightsUnavailableError",
     "contextual_bilateral_loss",
     "contextual_loss",
     "contextual_matrices",
     "contextual_similarity",
     "concat_layers",
+    "crn_config",
+    "edge_map",
     "gram_loss",
     "gram_matrix",
     "l1_loss",
     "l2_loss",
+    "load_checkpoint",
     "mrf_loss",
     "optimize_image",
     "patch_features",
     "perceptual_loss",
     "position_grid",
+    "synthetic_faces",
+    "synthetic_video",
     "total_variation",
+    "train",
+    "write_video",
 ]

@@ -74,6 +74,12 @@ class _VGGFeatureLoss(nn.Module):
         self.vgg = vgg
         self._fixed: dict[str, dict[str, torch.Tensor]] = {}
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .double() also move the fixed reference features.
+        super()._apply(fn, *args, **kwargs)
+        self._fixed = {role: {k: fn(v) for k, v in feats.items()} for role, feats in self._fixed.items()}
+        return self
+
     @property
     def pretrained(self) -> bool:
         """Whether the VGG's weights are pretrained (False: random, label figures so)."""
@@ -93,16 +99,22 @@ class _VGGFeatureLoss(nn.Module):
             features = self.vgg(self._images(role, images))
         self._fixed[role] = {layer: features[layer].detach() for layer in self.roles[role]}
 
-    def _reference(self, role: str, images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _reference(self, role: str, images: torch.Tensor | None, batch: int) -> dict[str, torch.Tensor]:
+        """The reference's features, a single reference image repeated over the batch."""
         if images is not None:
             with torch.no_grad():
                 features = self.vgg(self._images(role, images))
-            return {layer: features[layer] for layer in self.roles[role]}
-        if role not in self._fixed:
+            features = {layer: features[layer] for layer in self.roles[role]}
+        elif role in self._fixed:
+            features = self._fixed[role]
+        else:
             raise ValueError(
                 f"no {role} given: pass {role}=<images (B, 3, H, W)> or call fix_{role}(images) first"
             )
-        return self._fixed[role]
+        # One reference image serves every generated image; other batch sizes must match (the
+        # losses check it).
+        return {layer: f.expand(batch, -1, -1, -1) if f.shape[0] == 1 else f
+                for layer, f in features.items()}
 
 
 class VGGContextualLoss(_VGGFeatureLoss):
@@ -132,7 +144,9 @@ class VGGContextualLoss(_VGGFeatureLoss):
         vgg: an existing :class:`cxlib.VGG19Features` to share (it must compute every layer).
 
     Shape:
-        - generated, target, source: (B, 3, H, W) images in [0, 1]; sizes may differ.
+        - generated: (B, 3, H, W) images in [0, 1].
+        - target, source: (B, 3, H', W') or (1, 3, H', W'); one image is compared with every
+          generated image. Sizes may differ from the generated images'.
         - Output: a scalar, or (B,) with ``reduction="none"``.
 
     Example:
@@ -189,7 +203,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         for role, images in (("target", target), ("source", source)):
             if not self.roles[role]:
                 continue
-            reference = self._reference(role, images)
+            reference = self._reference(role, images, generated.shape[0])
             for layer in self.roles[role]:
                 out[self._key(role, layer)] = contextual_loss(
                     features[layer], reference[layer],
@@ -237,7 +251,7 @@ class _SingleReferenceLoss(_VGGFeatureLoss):
 
     def forward(self, generated: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         features = self.vgg(self._images("generated", generated))
-        reference_features = self._reference("reference", reference)
+        reference_features = self._reference("reference", reference, generated.shape[0])
         return sum(
             weight * self._layer_loss(features[layer], reference_features[layer])
             for layer, weight in self.roles["reference"].items()

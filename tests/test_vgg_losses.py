@@ -102,3 +102,13 @@ def test_bad_arguments():
     loss_fn = cxlib.VGGContextualLoss(weights=None)
     with pytest.raises(ValueError, match=r"generated must be RGB images \(B, 3, H, W\)"):
         loss_fn(torch.rand(1, 1, 16, 16), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+
+
+def test_one_reference_image_serves_the_whole_batch(images):
+    generated, target, _ = images  # batches of 2
+    loss_fn = cxlib.VGGContextualLoss({"conv3_2": 1.0}, {}, weights=None, reduction="none")
+    single = loss_fn(generated, target[:1])
+    repeated = loss_fn(generated, target[:1].expand(2, -1, -1, -1))
+    torch.testing.assert_close(single, repeated)
+    with pytest.raises(ValueError, match="same batch size"):
+        loss_fn(torch.cat([generated, generated[:1]]), target)

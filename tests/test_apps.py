@@ -1,0 +1,92 @@
+"""The applications' objectives equal their losses written out, and the command line trains and
+resumes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cxlib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    return cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16))
+
+
+def test_animation_objective_is_the_table_1_loss(tiny_net):
+    target = torch.rand(1, 3, 16, 16)
+    frames = torch.rand(2, 3, 16, 16)
+    objective = cxlib.AnimationObjective(target, weights=None)
+    loss, logs = objective(tiny_net, {"source": frames})
+    vgg = cxlib.VGG19Features(["conv3_2", "conv4_2"], weights=None)
+    out, ft, fs = vgg(tiny_net(frames)), vgg(target), vgg(frames)
+    want = (cxlib.contextual_loss(out["conv3_2"], ft["conv3_2"].expand(2, -1, -1, -1))
+            + cxlib.contextual_loss(out["conv4_2"], ft["conv4_2"].expand(2, -1, -1, -1))
+            + cxlib.contextual_loss(out["conv4_2"], fs["conv4_2"]))
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert set(logs) == {"target/conv3_2", "target/conv4_2", "source/conv4_2"}
+
+
+def test_animation_baseline_is_normalised_gram_plus_perceptual(tiny_net):
+    target, frames = torch.rand(1, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    objective = cxlib.AnimationObjective(target, kind="gram", weights=None, scales=(2.0, 4.0))
+    loss, logs = objective(tiny_net, {"source": frames})
+    vgg = cxlib.VGG19Features(["relu1_1", "relu2_1", "relu3_1", "relu4_1", "conv4_2"], weights=None)
+    out, ft, fs = vgg(tiny_net(frames)), vgg(target), vgg(frames)
+    gram = sum(cxlib.gram_loss(out[l], ft[l].expand(2, -1, -1, -1)) for l in ("relu1_1", "relu2_1", "relu3_1", "relu4_1"))
+    want = gram / 2.0 + cxlib.perceptual_loss(out["conv4_2"], fs["conv4_2"]) / 4.0
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert logs["gram^t"] == pytest.approx((gram / 2.0).item(), rel=1e-5)
+
+
+def test_puppet_objectives(tiny_net):
+    drawings = torch.rand(2, 1, 16, 16)
+    frames = torch.rand(2, 3, 16, 16)
+    net = cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16), in_channels=1)
+    l1 = cxlib.PuppetObjective(kind="l1", weights=None, scales=(0.5, 2.0), perceptual_weight=0.1)
+    loss, logs = l1(net, {"source": drawings, "target": frames})
+    vgg = cxlib.VGG19Features(["conv5_2"], weights=None)
+    out = net(drawings)
+    want = cxlib.l1_loss(out, frames) / 0.5 + 0.1 * cxlib.perceptual_loss(vgg(out)["conv5_2"], vgg(frames)["conv5_2"]) / 2.0
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    cx = cxlib.PuppetObjective(weights=None, scales=(0.5, 2.0))
+    loss_cx, logs_cx = cx(net, {"source": drawings, "target": frames})
+    assert set(logs_cx) == {"target/conv3_2", "target/conv4_2", "perceptual^t"}
+    assert loss_cx.item() == pytest.approx(sum(logs_cx.values()), rel=1e-5)
+
+
+def test_domain_transfer_objective(tiny_net):
+    sources, others = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    objective = cxlib.DomainTransferObjective(weights=None)
+    loss, logs = objective(tiny_net, {"source": sources, "target": others})
+    direct = cxlib.VGGContextualLoss(weights=None)(tiny_net(sources), others, sources)
+    torch.testing.assert_close(loss, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_command_line_trains_and_resumes(tmp_path):
+    photo = cxlib.images.load_image("astronaut", 16)
+    video = cxlib.write_video(cxlib.synthetic_video(photo, 4), tmp_path / "clip.gif")
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "look.png", (cxlib.images.load_image("chelsea", 16)[0].permute(1, 2, 0) * 255).byte().numpy())
+    command = [sys.executable, "-m", "cxlib.apps", "animation", "--video", str(video),
+               "--target", str(tmp_path / "look.png"), "--size", "16", "--steps", "3",
+               "--weights", "random", "--run-dir", str(tmp_path / "run"), "--sample-every", "2",
+               "--checkpoint-every", "2"]
+    first = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-2000:]
+    state = cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 3
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step_0000002.png", "step_0000003.png"]
+    longer = command[:command.index("--steps") + 1] + ["5"] + command[command.index("--steps") + 2:]
+    second = subprocess.run(longer, capture_output=True, text=True, check=False, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 5

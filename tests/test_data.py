@@ -1,0 +1,143 @@
+"""Datasets: image folders, video frames, CelebA from a local folder (and its failures), and the
+synthetic data of the training chapters."""
+
+from __future__ import annotations
+
+import zipfile
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+import cxlib
+from cxlib.data import square_resize
+
+
+def _write_png(path, array):
+    iio.imwrite(path, array)
+
+
+def test_image_folder_reads_sorted_files_as_square_tensors(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(3)]
+    for k, a in enumerate(arrays):
+        _write_png(tmp_path / f"img_{k}.png", a)
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder = cxlib.ImageFolder(tmp_path, 10)
+    assert len(folder) == 3
+    want = square_resize(torch.from_numpy(arrays[1]).permute(2, 0, 1).float() / 255, 10)
+    torch.testing.assert_close(folder[1], want)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        cxlib.ImageFolder(empty, 8)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        cxlib.ImageFolder(tmp_path / "absent", 8)
+
+
+def test_square_resize_takes_the_centred_square():
+    image = torch.zeros(3, 4, 8)
+    image[:, :, 2:6] = 1.0  # the centred 4x4 square is white, the sides black
+    torch.testing.assert_close(square_resize(image, 4), torch.ones(3, 4, 4))
+
+
+def test_video_round_trip_through_a_gif(tmp_path):
+    photo = cxlib.images.load_image("astronaut", 32)
+    frames = cxlib.synthetic_video(photo, 6)
+    assert frames.shape == (6, 3, 32, 32)
+    assert (frames[0] - frames[3]).abs().mean() > 0.02  # it moves
+    path = cxlib.write_video(frames, tmp_path / "clip.gif")
+    video = cxlib.VideoFrames(path, 32)
+    assert len(video) == 6
+    # GIF stores 256 colours per frame: close, not equal.
+    assert (video.images - frames).abs().mean() < 0.03
+    assert len(cxlib.VideoFrames(path, 16, every=2, max_frames=2)) == 2
+    with pytest.raises(FileNotFoundError, match="no such video file"):
+        cxlib.VideoFrames(tmp_path / "missing.mp4", 16)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(OSError, match="could not read the video"):
+        cxlib.VideoFrames(tmp_path / "broken.mp4", 16)
+
+
+def test_edge_map_marks_edges_only():
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 4:] = 1.0
+    edges = cxlib.edge_map(image)
+    assert edges.shape == (1, 1, 8, 8) and edges.max() == 1.0
+    assert torch.all(edges[..., :2] == 0) and torch.all(edges[..., 6:] == 0)
+    assert torch.all(edges[..., 3:5] > 0.5)
+
+
+def test_synthetic_faces_differ_in_the_lips_only():
+    plain, mouths = cxlib.synthetic_faces(6, 48, coloured_lips=False, seed=2)
+    lips, mouths_b = cxlib.synthetic_faces(6, 48, coloured_lips=True, seed=2)
+    assert plain.shape == (6, 3, 48, 48) and torch.equal(mouths, mouths_b)
+
+    def redness(images):
+        out = []
+        for image, (top, left, bottom, right) in zip(images, mouths.round().long()):
+            box = image[:, top:bottom, left:right]
+            out.append((box[0] - box[1:].mean(0)).mean())
+        return torch.stack(out)
+
+    assert torch.all(redness(lips) > redness(plain) + 0.15)
+    outside = torch.ones(48, 48, dtype=torch.bool)
+    for top, left, bottom, right in mouths.round().long().tolist():
+        outside[max(0, top - 2):bottom + 2, max(0, left - 2):right + 2] = False
+    # Same seed, same faces: they differ only around the mouth.
+    assert (plain - lips).abs()[:, :, outside].max() < 1e-6
+    assert mouths[:, 1].std() > 1.0  # the faces are not all at the same place
+
+
+def _fake_celeba(root, names_and_male, partition):
+    root.mkdir()
+    (root / "img_align_celeba").mkdir()
+    rng = np.random.default_rng(0)
+    lines = [str(len(names_and_male)), "5_o_Clock_Shadow Male Smiling"]
+    for name, male in names_and_male:
+        _write_png(root / "img_align_celeba" / name, rng.integers(0, 256, (218, 178, 3), dtype=np.uint8))
+        lines.append(f"{name} -1 {'1' if male else '-1'} 1")
+    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (root / "list_eval_partition.txt").write_text("\n".join(f"{n} {p}" for n, p in partition) + "\n")
+
+
+def test_celeba_split_by_attribute(tmp_path):
+    names = [("000001.jpg", True), ("000002.jpg", False), ("000003.jpg", True), ("000004.jpg", False)]
+    _fake_celeba(tmp_path / "celeba", names, [("000001.jpg", 0), ("000002.jpg", 0), ("000003.jpg", 2), ("000004.jpg", 0)])
+    men = cxlib.CelebAAttribute(tmp_path / "celeba", attribute="Male", present=True, split="train", size=16)
+    women = cxlib.CelebAAttribute(tmp_path / "celeba", attribute="Male", present=False, split="train", size=16)
+    assert men.files == ["000001.jpg"] and women.files == ["000002.jpg", "000004.jpg"]
+    assert men[0].shape == (3, 16, 16)
+    assert cxlib.CelebAAttribute(tmp_path / "celeba", present=True, split="all", size=8).files == ["000001.jpg", "000003.jpg"]
+    with pytest.raises(ValueError, match="unknown CelebA attribute 'Beard'; valid: 5_o_Clock_Shadow, Male, Smiling"):
+        cxlib.CelebAAttribute(tmp_path / "celeba", attribute="Beard")
+
+
+def test_celeba_missing_or_corrupted_gives_instructions_not_a_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        cxlib.CelebAAttribute(tmp_path / "nothing")
+    message = str(info.value)
+    assert "missing list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/" in message
+    assert "Google Drive" in message and "Kaggle" in message
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "list_attr_celeba.txt").write_text("0\nMale\n")
+    (broken / "list_eval_partition.txt").write_text("")
+    (broken / "img_align_celeba.zip").write_bytes(b"<html>Google Drive - Quota exceeded</html>")
+    with pytest.raises(ValueError, match="is not a valid zip file"):
+        cxlib.CelebAAttribute(broken)
+
+
+def test_celeba_zip_is_extracted_on_first_use(tmp_path):
+    source = tmp_path / "src"
+    _fake_celeba(source, [("000001.jpg", True), ("000002.jpg", True)], [("000001.jpg", 0), ("000002.jpg", 0)])
+    target = tmp_path / "celeba"
+    target.mkdir()
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        (target / name).write_bytes((source / name).read_bytes())
+    with zipfile.ZipFile(target / "img_align_celeba.zip", "w") as zf:
+        for image in (source / "img_align_celeba").iterdir():
+            zf.write(image, f"img_align_celeba/{image.name}")
+    data = cxlib.CelebAAttribute(target, size=8)
+    assert len(data) == 2 and (target / "img_align_celeba" / "000002.jpg").is_file()

@@ -103,3 +103,27 @@ def test_book_setting_reads_the_switch_and_seeds(monkeypatch):
     monkeypatch.delenv("CXLIB_FAST")
     assert not book_setting(device="cpu").fast
     assert math.isfinite(full.seed)
+
+
+def test_edge_correlation_sees_layout_not_colour():
+    photo = images.load_image("astronaut", 32)
+    recoloured = photo[:, [2, 0, 1]] * 0.5 + 0.3
+    moved = images.misalign(photo, shift=(6, 6))
+    assert images.edge_correlation(photo, photo).item() == pytest.approx(1.0)
+    assert images.edge_correlation(recoloured, photo).item() > 0.8
+    assert images.edge_correlation(moved, photo).item() < 0.4
+
+
+def test_colour_distance_closed_form_and_invariance():
+    photo = images.load_image("chelsea", 24)
+    shuffled = photo.flatten(2)[:, :, torch.randperm(24 * 24)].reshape(photo.shape)
+    assert images.colour_distance(shuffled, photo).item() == pytest.approx(0.0, abs=1e-6)
+    # Shifting every pixel by delta moves each projection by <delta, direction>.
+    delta = torch.tensor([0.1, -0.05, 0.02])
+    directions = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    want = (directions @ delta).abs().mean().item()
+    got = images.colour_distance(photo + delta.view(1, 3, 1, 1), photo).item()
+    assert got == pytest.approx(want, rel=1e-4)
+    small = images.load_image("chelsea", 12)
+    assert images.colour_distance(small, photo).item() < 0.02  # same palette, other size

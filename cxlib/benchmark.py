@@ -1,13 +1,16 @@
 """Time and peak memory of the contextual loss's implementations, side by side, for growing N.
 
+The implementations are ``full`` (every (N, N) matrix held, as the public ports do), ``blocked``
+(rows in blocks, O(block x N) memory) and ``fused`` (Triton kernels streaming over tiles, O(N)
+memory; CUDA only).
+
 Run ``python -m cxlib.benchmark --help``. Each measurement runs in fresh Python processes, so that
 the peak memory of one path is not hidden by another's.
 
-- Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` above the inputs; on the CPU the
-  growth of the process's peak resident set (``ru_maxrss``) above the inputs during one pass, in
-  a process where glibc serves every allocation above 64 KiB by mmap
-  (``MALLOC_MMAP_THRESHOLD_=65536``), so that freed tensors leave the resident set at once and the
-  peak is that of the live tensors, not of the allocator's cache.
+- Memory: the peak of the memory held by tensors during one pass, above what was held before it
+  (the inputs). On CUDA, ``torch.cuda.max_memory_allocated``; on the CPU, the memory timeline of
+  the PyTorch profiler (every allocation and free of one pass), which counts tensors exactly,
+  unlike the process's resident set (which also holds the allocator's cache and loaded code).
 - Time: the median of ``--repeats`` forward + backward passes (gradient with respect to the
   generated features) after one warm-up pass, in a process with the default allocator.
 """
@@ -18,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["Measurement", "measure", "run_benchmark"]
+__all__ = ["Measurement", "measure", "plot_measurements", "run_benchmark"]
 
 # Full-matrix path: about this many (B, Nx, N) float32 matrices alive at its peak (measured).
 _FULL_MATRICES_AT_PEAK = 8
@@ -54,17 +56,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_mib_since(device: str, baseline: float) -> float:
+def _cpu_tensor_peak_mib(run) -> float:
+    """Peak MiB held by CPU tensors while ``run()`` runs, above what was held when it started,
+    from the PyTorch profiler's memory timeline."""
     import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-    if device.startswith("cuda"):
-        return (torch.cuda.max_memory_allocated() - baseline) / 2**20
-    # ru_maxrss is in KiB on Linux.
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        run()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+    totals = [sum(row) for row in sizes]
+    return (max(totals) - totals[0]) / 2**20 if totals else 0.0
 
 
-def _worker(implementation: str, positions: int, channels: int, batch: int, device: str,
-            repeats: int, seed: int) -> Measurement:
+def _worker(task: str, implementation: str, positions: int, channels: int, batch: int,
+            device: str, repeats: int, seed: int) -> Measurement:
     """Measure one configuration in this process."""
     import torch
 
@@ -86,16 +94,17 @@ def _worker(implementation: str, positions: int, channels: int, batch: int, devi
     small = torch.randn(batch, channels, 8, 8, generator=generator).to(device)
     step(small.clone().requires_grad_(), small)
     del small
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = float(torch.cuda.memory_allocated())
-    else:
-        baseline = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     try:
-        step(x, y)
-        _sync(device)
-        peak = _peak_mib_since(device, baseline)
+        if task == "memory" and not device.startswith("cuda"):
+            peak = _cpu_tensor_peak_mib(lambda: step(x, y))
+        else:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                baseline = float(torch.cuda.memory_allocated())
+            step(x, y)
+            _sync(device)
+            peak = (torch.cuda.max_memory_allocated() - baseline) / 2**20 if device.startswith("cuda") else math.nan
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -135,6 +144,7 @@ def measure(implementation: str, positions: int, channels: int, *, batch: int = 
                                note=f"needs about {need_gib:.0f} GiB")
     if device.startswith("cuda"):
         return _run_worker("both", implementation, positions, channels, batch, device, repeats, seed)
+    # On the CPU the profiler that counts memory slows the pass down: time it separately.
     timed = _run_worker("time", implementation, positions, channels, batch, device, repeats, seed)
     if timed.status != "ok":
         return timed
@@ -146,8 +156,6 @@ def measure(implementation: str, positions: int, channels: int, *, batch: int = 
 def _run_worker(task: str, implementation: str, positions: int, channels: int, batch: int,
                 device: str, repeats: int, seed: int) -> Measurement:
     env = dict(os.environ)
-    if task == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     command = [
         sys.executable, "-m", "cxlib.benchmark", "--worker", task,
         "--implementations", implementation, "--sizes", str(positions),
@@ -229,8 +237,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="N, positions per map (square numbers); default: %(default)s")
     parser.add_argument("--channels", type=int, default=256, help="C; default: %(default)s")
     parser.add_argument("--batch", type=int, default=1, help="B; default: %(default)s")
-    parser.add_argument("--implementations", nargs="+", default=["full", "blocked"],
-                        help="default: %(default)s")
+    parser.add_argument("--implementations", nargs="+", default=None,
+                        help="default: full blocked, and fused on CUDA")
     parser.add_argument("--device", default=None, help="cpu or cuda; default: cuda if present")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes; default: %(default)s")
     parser.add_argument("--seed", type=int, default=0)
@@ -238,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip full-path sizes whose matrices need more than this "
                         "(default: half the RAM on the CPU, none on CUDA)")
     parser.add_argument("--json", default=None, help="also write the measurements to this file")
+    parser.add_argument("--plot", default=None, help="also save a plot of time and memory against N")
     parser.add_argument("--worker", choices=["time", "memory", "both"], help=argparse.SUPPRESS)
     return parser
 
@@ -249,14 +258,16 @@ def _total_ram_gib() -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
-        m = _worker(args.implementations[0], args.sizes[0], args.channels, args.batch,
-                    args.device, args.repeats, args.seed)
+        m = _worker(args.worker, args.implementations[0], args.sizes[0], args.channels,
+                    args.batch, args.device, args.repeats, args.seed)
         print(json.dumps(asdict(m)))
         return 0
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.implementations is None:
+        args.implementations = ["full", "blocked"] + (["fused"] if device.startswith("cuda") else [])
     limit = args.memory_limit_gib
     if limit is None and device == "cpu":
         limit = _total_ram_gib() / 2
@@ -265,11 +276,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_benchmark(args.sizes, args.channels, args.implementations, batch=args.batch,
                          device=device, repeats=args.repeats, memory_limit_gib=limit)
     print(_format_table(rows, args.implementations))
+    record = {"device": name, "torch": torch.__version__, "channels": args.channels,
+              "batch": args.batch, "date": time.strftime("%Y-%m-%d"),
+              "measurements": [asdict(m) for m in rows]}
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"device": name, "torch": torch.__version__,
-                       "measurements": [asdict(m) for m in rows]}, handle, indent=1)
+            json.dump(record, handle, indent=1)
+    if args.plot:
+        plot_measurements(record).savefig(args.plot, dpi=120, bbox_inches="tight")
     return 0
+
+
+def plot_measurements(record: dict):
+    """Time and peak memory against N, one line per implementation, from a benchmark record
+    (what ``--json`` writes). Failed or skipped sizes are left out of the lines."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    styles = {"full": "-o", "blocked": "-s", "fused": "-^"}
+    names = dict.fromkeys(m["implementation"] for m in record["measurements"])
+    for name in names:
+        ok = [m for m in record["measurements"] if m["implementation"] == name and m["status"] == "ok"]
+        for ax, key in zip(axes, ("time_ms", "peak_mib")):
+            ax.plot([m["positions"] for m in ok], [m[key] for m in ok], styles.get(name, "-"), label=name)
+        failed = [m for m in record["measurements"] if m["implementation"] == name and m["status"] != "ok"]
+        for m in failed:
+            axes[1].annotate(m["status"], (m["positions"], axes[1].get_ylim()[1]), fontsize=8,
+                             ha="center", va="top", color="tab:red")
+    from matplotlib.ticker import FuncFormatter
+
+    sizes = sorted({m["positions"] for m in record["measurements"]})
+    for ax, label in zip(axes, ("time of forward + backward (ms)", "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("N, positions per feature map")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"{record['device']}, C = {record['channels']}, B = {record['batch']}, "
+                 f"torch {record['torch']} ({record['date']})", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ._checks import (
 from ._reduction import REDUCTIONS, reduce_batch
 from .blocked import blocked_similarity
 from .distances import DISTANCES, as_point_sets, pairwise_distance, prepare_points
+from .fused import FUSED_DISTANCES, fused_available, fused_similarity
 from .similarity import Term, relative_distance, similarity_from_terms, similarity_logits
 
 __all__ = [
@@ -33,8 +34,9 @@ __all__ = [
     "contextual_similarity",
 ]
 
-#: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems, else ``"blocked"``.
-IMPLEMENTATIONS = ("auto", "full", "blocked")
+#: Values of ``implementation=``: ``"auto"`` picks ``"fused"`` on CUDA (when Triton is there and
+#: the distance is cosine or L2), else ``"full"`` for small problems and ``"blocked"`` above.
+IMPLEMENTATIONS = ("auto", "full", "blocked", "fused")
 #: ``"auto"`` uses the full path while B * Nx * N is at most this (a 16 MiB float32 matrix).
 AUTO_FULL_MAX_ELEMENTS = 1 << 22
 
@@ -109,9 +111,25 @@ def score_terms(terms: list[Term], settings: Settings) -> torch.Tensor:
     """CX(X, Y) per sample of the mixed terms, on the path ``settings.implementation`` asks for."""
     batch, num_x, num_y = terms[0].x_points.shape[0], terms[0].x_points.shape[1], terms[0].y_points.shape[1]
     implementation = settings.implementation
+    single_fusable = len(terms) == 1 and terms[0].distance in FUSED_DISTANCES
     if implementation == "auto":
-        full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
-        implementation = "full" if full_fits and settings.block_size is None else "blocked"
+        device = terms[0].x_points.device
+        if (single_fusable and device.type == "cuda" and settings.block_size is None
+                and terms[0].x_points.dtype != torch.float64 and fused_available(device)):
+            implementation = "fused"
+        else:
+            full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
+            implementation = "full" if full_fits and settings.block_size is None else "blocked"
+    if implementation == "fused":
+        if not single_fusable:
+            raise ValueError(
+                f"implementation='fused' computes one term with distance in {FUSED_DISTANCES}; "
+                f"got {[t.distance for t in terms]} (use 'blocked')"
+            )
+        term = terms[0]
+        score = fused_similarity(term.x_points, term.y_points, distance=term.distance,
+                                 band_width=settings.band_width, eps=settings.eps)
+        return score.to(term.x_points.dtype)
     if implementation == "full":
         return similarity_from_terms(terms, settings.band_width, settings.eps)
     return blocked_similarity(
@@ -163,7 +181,9 @@ _ARGS_MATH = """
 
 _ARGS_COMPUTE = """        implementation: ``"full"`` holds the whole (Nx, N) matrices (the reference);
             ``"blocked"`` computes the same values and gradients in blocks of rows with
-            O(block_size * N) memory; ``"auto"`` takes the full path while B * Nx * N is at most
+            O(block_size * N) memory; ``"fused"`` streams over tiles in Triton kernels with O(N)
+            memory (CUDA; cosine and L2; float32); ``"auto"`` takes the fused path on CUDA where
+            it applies, else the full path while B * Nx * N is at most
             :data:`AUTO_FULL_MAX_ELEMENTS` and no ``block_size`` is given, else the blocked one.
         block_size: rows of the (Nx, N) matrix per block (blocked path); ``None`` picks one.
         sample_positions: if set, keep at most this many random positions of each map before

@@ -1,5 +1,11 @@
+import os
 import sys
 from pathlib import Path
+
+# The fused Triton kernels run under Triton's interpreter on a machine without a GPU. It must be
+# chosen before the kernels are defined (when cxlib is first imported).
+if os.environ.get("CXLIB_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

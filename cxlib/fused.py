@@ -1,0 +1,364 @@
+"""The contextual similarity as fused Triton kernels: O(N) memory, no (Nx, N) matrix ever stored.
+
+Like flash attention, the kernels stream over tiles of the (Nx, N) matrix and recompute the
+distances from the points (two matmul-like products per tile) instead of storing them:
+
+- ``_row_stats``: one program per block of rows i. A first pass over the columns finds the row
+  minimum m_i = min_k d_ik (and where it is); then the largest logit of the row is known, it is
+  (1 - m_i / (m_i + eps)) / h at the nearest neighbour, so a second pass sums
+  exp(logit_ik - max_i) without any rescaling, giving the log of Eq. 4's normaliser, and the
+  mean distance under CX (needed by the backward).
+- ``_column_max``: one program per block of columns j; a pass over the rows rebuilds CX_ij from
+  the row statistics and keeps the max over i and its argmax (Eq. 5).
+- Backward: the gradient reaching CX_ij is non-zero only at (argmax_j, j), so all sparse parts
+  (the max, the path through the row minimum) are O(N) gathers done in PyTorch, and the only
+  dense part is P_ij = CX_ij * c_i for a per-row coefficient c_i. ``_grad_x`` (rows) and
+  ``_grad_y`` (columns) stream over tiles computing P @ Y and P^T @ X.
+
+Everything is float32 and the tile products use IEEE float32 (no TF32): Eq. 2 divides by a
+small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2"``.
+
+The kernels run on CUDA; with ``TRITON_INTERPRET=1`` they also run (slowly) on the CPU, which is
+how the tests check them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["FUSED_DISTANCES", "fused_available", "fused_similarity"]
+
+#: Distances the fused kernels implement (the others use the blocked path).
+FUSED_DISTANCES = ("cosine", "l2")
+
+try:
+    import triton
+    import triton.language as tl
+
+    _TRITON_ERROR: Exception | None = None
+except ImportError as error:  # pragma: no cover - depends on the environment
+    triton = tl = None
+    _TRITON_ERROR = error
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """Whether the fused kernels can run on ``device``: Triton importable, and a CUDA device (or
+    any device under ``TRITON_INTERPRET=1``)."""
+    if triton is None:
+        return False
+    return torch.device(device).type == "cuda" or _interpreting()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
+                       sxb, sxn, sxc, syb, syn, syc,
+                       IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+        """d for a (BLOCK_M, BLOCK_N) tile, and a mask of the entries not clamped (l2)."""
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            ch_ok = ch < C
+            x = tl.load(X + b * sxb + rows[:, None] * sxn + ch[None, :] * sxc,
+                        mask=row_ok[:, None] & ch_ok[None, :], other=0.0)
+            y = tl.load(Y + b * syb + cols[:, None] * syn + ch[None, :] * syc,
+                        mask=col_ok[:, None] & ch_ok[None, :], other=0.0)
+            acc += tl.dot(x, tl.trans(y), input_precision="ieee")
+        if IS_L2:
+            xn = tl.load(XN + rows, mask=row_ok, other=0.0)  # XN, YN: this sample's norms
+            yn = tl.load(YN + cols, mask=col_ok, other=0.0)
+            raw = xn[:, None] + yn[None, :] - 2.0 * acc
+            return tl.maximum(raw, 0.0), raw >= 0.0
+        return 1.0 - acc, acc == acc
+
+    @triton.jit
+    def _row_stats(X, Y, XN, YN, M_out, AM_out, LSE_out, Q_out, Nx, N, C,
+                   sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                   IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+        pid, b = tl.program_id(0), tl.program_id(1)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < Nx
+        xn_ptr = XN + b * Nx
+        yn_ptr = YN + b * N
+        minimum = tl.full((BLOCK_M,), float("inf"), tl.float32)
+        where = tl.zeros((BLOCK_M,), tl.int32)
+        for n0 in range(0, N, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            d, _ = _tile_distance(X, Y, xn_ptr, yn_ptr, b, rows, cols, row_ok, col_ok, C,
+                                  sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+            d = tl.where(col_ok[None, :], d, float("inf"))
+            tile_min = tl.min(d, axis=1)
+            tile_where = tl.argmin(d, axis=1).to(tl.int32) + n0
+            better = tile_min < minimum
+            minimum = tl.where(better, tile_min, minimum)
+            where = tl.where(better, tile_where, where)
+        den = tl.maximum(minimum + eps, tiny)
+        top = (1.0 - minimum / den) * inv_h  # the row's largest logit, at its nearest neighbour
+        total = tl.zeros((BLOCK_M,), tl.float32)
+        weighted = tl.zeros((BLOCK_M,), tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            d, _ = _tile_distance(X, Y, xn_ptr, yn_ptr, b, rows, cols, row_ok, col_ok, C,
+                                  sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+            e = tl.exp((1.0 - d / den[:, None]) * inv_h - top[:, None])
+            e = tl.where(col_ok[None, :], e, 0.0)
+            total += tl.sum(e, axis=1)
+            weighted += tl.sum(e * tl.where(col_ok[None, :], d, 0.0), axis=1)
+        out = b * Nx + rows
+        tl.store(M_out + out, minimum, mask=row_ok)
+        tl.store(AM_out + out, where, mask=row_ok)
+        tl.store(LSE_out + out, top + tl.log(total), mask=row_ok)
+        tl.store(Q_out + out, weighted / total, mask=row_ok)
+
+    @triton.jit
+    def _column_max(X, Y, XN, YN, M, LSE, BEST_out, ROW_out, Nx, N, C,
+                    sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                    IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+        pid, b = tl.program_id(0), tl.program_id(1)
+        cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        best = tl.full((BLOCK_N,), -1.0, tl.float32)
+        best_row = tl.zeros((BLOCK_N,), tl.int32)
+        for m0 in range(0, Nx, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < Nx
+            d, _ = _tile_distance(X, Y, XN + b * Nx, YN + b * N, b, rows, cols, row_ok, col_ok,
+                                  C, sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
+                                  BLOCK_C)
+            minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
+            lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
+            den = tl.maximum(minimum + eps, tiny)
+            cx = tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None])
+            cx = tl.where(row_ok[:, None], cx, -1.0)
+            tile_best = tl.max(cx, axis=0)
+            tile_row = tl.argmax(cx, axis=0).to(tl.int32) + m0
+            better = tile_best > best
+            best = tl.where(better, tile_best, best)
+            best_row = tl.where(better, tile_row, best_row)
+        tl.store(BEST_out + b * N + cols, best, mask=col_ok)
+        tl.store(ROW_out + b * N + cols, best_row, mask=col_ok)
+
+    @triton.jit
+    def _grad_x(X, Y, XN, YN, M, LSE, COEF, GX_out, PSUM_out, Nx, N, C,
+                sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
+        """(P @ Y)[rows, channel block] and the row sums of P, P_ik = CX_ik * coef_i * mask."""
+        pid, pc, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < Nx
+        out_ch = pc * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        out_ok = out_ch < C
+        minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
+        coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
+        den = tl.maximum(minimum + eps, tiny)
+        acc = tl.zeros((BLOCK_M, BLOCK_CO), tl.float32)
+        psum = tl.zeros((BLOCK_M,), tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            d, unclamped = _tile_distance(X, Y, XN + b * Nx, YN + b * N, b, rows, cols, row_ok,
+                                          col_ok, C, sxb, sxn, sxc, syb, syn, syc, IS_L2,
+                                          BLOCK_M, BLOCK_N, BLOCK_C)
+            cx = tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None])
+            p = tl.where(col_ok[None, :] & unclamped, cx * coef[:, None], 0.0)
+            y = tl.load(Y + b * syb + cols[:, None] * syn + out_ch[None, :] * syc,
+                        mask=col_ok[:, None] & out_ok[None, :], other=0.0)
+            acc += tl.dot(p, y, input_precision="ieee")
+            psum += tl.sum(p, axis=1)
+        tl.store(GX_out + b * Nx * C + rows[:, None] * C + out_ch[None, :], acc,
+                 mask=row_ok[:, None] & out_ok[None, :])
+        if pc == 0:
+            tl.store(PSUM_out + b * Nx + rows, psum, mask=row_ok)
+
+    @triton.jit
+    def _grad_y(X, Y, XN, YN, M, LSE, COEF, GY_out, PSUM_out, Nx, N, C,
+                sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
+        """(P^T @ X)[cols, channel block] and the column sums of P."""
+        pid, pc, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        out_ch = pc * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        out_ok = out_ch < C
+        acc = tl.zeros((BLOCK_N, BLOCK_CO), tl.float32)
+        psum = tl.zeros((BLOCK_N,), tl.float32)
+        for m0 in range(0, Nx, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < Nx
+            d, unclamped = _tile_distance(X, Y, XN + b * Nx, YN + b * N, b, rows, cols, row_ok,
+                                          col_ok, C, sxb, sxn, sxc, syb, syn, syc, IS_L2,
+                                          BLOCK_M, BLOCK_N, BLOCK_C)
+            minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
+            lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
+            coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
+            den = tl.maximum(minimum + eps, tiny)
+            cx = tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None])
+            p = tl.where(row_ok[:, None] & unclamped, cx * coef[:, None], 0.0)
+            x = tl.load(X + b * sxb + rows[:, None] * sxn + out_ch[None, :] * sxc,
+                        mask=row_ok[:, None] & out_ok[None, :], other=0.0)
+            acc += tl.dot(tl.trans(p), x, input_precision="ieee")
+            psum += tl.sum(p, axis=0)
+        tl.store(GY_out + b * N * C + cols[:, None] * C + out_ch[None, :], acc,
+                 mask=col_ok[:, None] & out_ok[None, :])
+        if pc == 0:
+            tl.store(PSUM_out + b * N + cols, psum, mask=col_ok)
+
+
+_BLOCK_M = 64
+_BLOCK_N = 64
+_BLOCK_C = 32
+
+
+def _launch_args(x: torch.Tensor, y: torch.Tensor, distance: str):
+    is_l2 = distance == "l2"
+    if is_l2:
+        xn = x.square().sum(-1).contiguous()
+        yn = y.square().sum(-1).contiguous()
+    else:  # not read
+        xn = yn = x.new_zeros(1)
+    strides = (*x.stride(), *y.stride())
+    return is_l2, xn, yn, strides
+
+
+def _pair_distance(distance: str, x_rows: torch.Tensor, y_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d and its not-clamped mask for matched pairs of points (..., C), as the kernels compute."""
+    if distance == "cosine":
+        d = 1.0 - (x_rows * y_rows).sum(-1)
+        return d, torch.ones_like(d, dtype=torch.bool)
+    raw = x_rows.square().sum(-1) + y_rows.square().sum(-1) - 2.0 * (x_rows * y_rows).sum(-1)
+    return raw.clamp_min(0.0), raw >= 0
+
+
+class _FusedSimilarity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, distance, band_width, eps):
+        batch, num_x, channels = x.shape
+        num_y = y.shape[1]
+        is_l2, xn, yn, strides = _launch_args(x, y, distance)
+        tiny = torch.finfo(torch.float32).tiny
+        m = torch.empty(batch, num_x, device=x.device, dtype=torch.float32)
+        am = torch.empty(batch, num_x, device=x.device, dtype=torch.int32)
+        lse = torch.empty_like(m)
+        q = torch.empty_like(m)
+        common = (num_x, num_y, channels, *strides, 1.0 / band_width, eps, tiny)
+        blocks = dict(IS_L2=is_l2, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C)
+        _row_stats[(triton.cdiv(num_x, _BLOCK_M), batch)](x, y, xn, yn, m, am, lse, q, *common, **blocks)
+        best = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
+        best_row = torch.empty(batch, num_y, device=x.device, dtype=torch.int32)
+        _column_max[(triton.cdiv(num_y, _BLOCK_N), batch)](x, y, xn, yn, m, lse, best, best_row, *common, **blocks)
+        ctx.save_for_backward(x, y, m, am.long(), lse, q, best, best_row.long())
+        ctx.settings = (distance, band_width, eps)
+        return best.mean(dim=-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_score):
+        x, y, m, am, lse, q, best, best_row = ctx.saved_tensors
+        distance, band_width, eps = ctx.settings
+        batch, num_x, channels = x.shape
+        num_y = y.shape[1]
+        h = band_width
+        tiny = torch.finfo(torch.float32).tiny
+        den = (m + eps).clamp_min(tiny)
+        g = (grad_score.float() / num_y).unsqueeze(-1).expand(-1, num_y)  # d score / d best_j
+
+        # r_i = sum over the columns j whose best row is i of g_j CX_ij.
+        r = torch.zeros_like(m).scatter_add_(1, best_row, g * best)
+        coef = (r / (h * den)).contiguous()  # dense part of dL/dd: CX_ik * coef_i
+        # Sparse part 1, the max: dL/dd at (best_row_j, j) gets -CX g_j / (h den).
+        x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
+        d_best, ok_best = _pair_distance(distance, x_best, y)
+        den_best = den.gather(1, best_row)
+        col_value = -best * g / (h * den_best) * ok_best
+        # Sparse part 2, the row minimum: dL/dm_i routed to (i, argmin_i).
+        t = torch.zeros_like(m).scatter_add_(1, best_row, g * best * d_best)
+        grad_den = (t - r * q) / (h * den.square())
+        y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
+        _, ok_min = _pair_distance(distance, x, y_min)
+        row_value = grad_den * ((m + eps) > tiny) * ok_min
+
+        need_x, need_y = ctx.needs_input_grad[:2]
+        is_l2, xn, yn, strides = _launch_args(x, y, distance)
+        common = (num_x, num_y, channels, *strides, 1.0 / h, eps, tiny)
+        block_co = min(128, max(16, triton.next_power_of_2(channels)))
+        blocks = dict(IS_L2=is_l2, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C,
+                      BLOCK_CO=block_co)
+        grad_x = grad_y = None
+        if need_x:
+            py = torch.empty(batch, num_x, channels, device=x.device, dtype=torch.float32)
+            psum = torch.empty_like(m)
+            grid = (triton.cdiv(num_x, _BLOCK_M), triton.cdiv(channels, block_co), batch)
+            _grad_x[grid](x, y, xn, yn, m, lse, coef, py, psum, *common, **blocks)
+            # Dense: cosine -P@Y; l2 2(rowsum(P) x - P@Y).
+            grad_x = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
+            grad_x = grad_x + _sparse_to_x(is_l2, x, y, best_row, col_value, am, row_value)
+        if need_y:
+            px = torch.empty(batch, num_y, channels, device=x.device, dtype=torch.float32)
+            psum = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
+            grid = (triton.cdiv(num_y, _BLOCK_N), triton.cdiv(channels, block_co), batch)
+            _grad_y[grid](x, y, xn, yn, m, lse, coef, px, psum, *common, **blocks)
+            grad_y = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
+            grad_y = grad_y + _sparse_to_y(is_l2, x, y, best_row, col_value, am, row_value)
+        return grad_x, grad_y, None, None, None
+
+
+def _sparse_to_x(is_l2, x, y, best_row, col_value, am, row_value):
+    """dL/dx from the two sparse parts of dL/dd: entries (best_row_j, j) and (i, argmin_i)."""
+    channels = x.shape[-1]
+    out = torch.zeros_like(x)
+    x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
+    y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
+    if is_l2:
+        out.scatter_add_(1, best_row.unsqueeze(-1).expand(-1, -1, channels),
+                         2.0 * col_value.unsqueeze(-1) * (x_best - y))
+        out += 2.0 * row_value.unsqueeze(-1) * (x - y_min)
+    else:
+        out.scatter_add_(1, best_row.unsqueeze(-1).expand(-1, -1, channels),
+                         -col_value.unsqueeze(-1) * y)
+        out += -row_value.unsqueeze(-1) * y_min
+    return out
+
+
+def _sparse_to_y(is_l2, x, y, best_row, col_value, am, row_value):
+    """dL/dy from the two sparse parts of dL/dd."""
+    channels = x.shape[-1]
+    out = torch.zeros_like(y)
+    x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
+    y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
+    index = am.unsqueeze(-1).expand(-1, -1, channels)
+    if is_l2:
+        out += 2.0 * col_value.unsqueeze(-1) * (y - x_best)
+        out.scatter_add_(1, index, 2.0 * row_value.unsqueeze(-1) * (y_min - x))
+    else:
+        out += -col_value.unsqueeze(-1) * x_best
+        out.scatter_add_(1, index, -row_value.unsqueeze(-1) * x)
+    return out
+
+
+def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance: str,
+                     band_width: float, eps: float) -> torch.Tensor:
+    """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C), (B, N, C), with the fused
+    kernels. float32 in and out (other dtypes are converted)."""
+    if triton is None:
+        raise RuntimeError(f"the fused path needs Triton, which could not be imported: {_TRITON_ERROR}")
+    if distance not in FUSED_DISTANCES:
+        raise ValueError(f"the fused path implements {FUSED_DISTANCES}, got distance={distance!r}")
+    x = x_points.float().contiguous()
+    y = y_points.float().contiguous()
+    return _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps))

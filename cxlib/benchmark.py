@@ -195,7 +195,8 @@ def _format_table(rows: Sequence[Measurement], implementations: Sequence[str]) -
             if m is None or m.status != "ok":
                 line += [m.status if m else "-", m.note if m else ""]
             else:
-                line += [f"{m.time_ms:.1f}", f"{m.peak_mib:.0f}"]
+                mib = f"{m.peak_mib:.2f}" if m.peak_mib < 10 else f"{m.peak_mib:.0f}"
+                line += [f"{m.time_ms:.1f}", mib]
         full = by_key.get((size, "full"))
         if "full" in implementations:
             for name in implementations:

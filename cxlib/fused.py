@@ -81,6 +81,21 @@ if triton is not None:
         return 1.0 - acc, acc == acc
 
     @triton.jit
+    def _tile_similarity(X, Y, XN, YN, M, LSE, b, rows, cols, row_ok, col_ok, Nx, C,
+                         sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                         IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
+        """CX_ij for a tile, rebuilt from the distances and the rows' saved statistics (their
+        minimum and log-normaliser), and the l2 clamp mask."""
+        d, unclamped = _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
+                                      sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
+                                      BLOCK_C)
+        minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
+        den = tl.maximum(minimum + eps, tiny)
+        return tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None]), unclamped
+
+    @triton.jit
     def _row_stats(X, Y, XN, YN, M_out, AM_out, LSE_out, Q_out, Nx, N, C,
                    sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
                    IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -135,13 +150,9 @@ if triton is not None:
         for m0 in range(0, Nx, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             row_ok = rows < Nx
-            d, _ = _tile_distance(X, Y, XN + b * Nx, YN + b * N, b, rows, cols, row_ok, col_ok,
-                                  C, sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
-                                  BLOCK_C)
-            minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
-            lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
-            den = tl.maximum(minimum + eps, tiny)
-            cx = tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None])
+            cx, _ = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows, cols,
+                                     row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc,
+                                     inv_h, eps, tiny, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
             cx = tl.where(row_ok[:, None], cx, -1.0)
             tile_best = tl.max(cx, axis=0)
             tile_row = tl.argmax(cx, axis=0).to(tl.int32) + m0
@@ -162,19 +173,16 @@ if triton is not None:
         row_ok = rows < Nx
         out_ch = pc * BLOCK_CO + tl.arange(0, BLOCK_CO)
         out_ok = out_ch < C
-        minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
-        lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
         coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
-        den = tl.maximum(minimum + eps, tiny)
         acc = tl.zeros((BLOCK_M, BLOCK_CO), tl.float32)
         psum = tl.zeros((BLOCK_M,), tl.float32)
         for n0 in range(0, N, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < N
-            d, unclamped = _tile_distance(X, Y, XN + b * Nx, YN + b * N, b, rows, cols, row_ok,
-                                          col_ok, C, sxb, sxn, sxc, syb, syn, syc, IS_L2,
-                                          BLOCK_M, BLOCK_N, BLOCK_C)
-            cx = tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None])
+            cx, unclamped = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows,
+                                             cols, row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb,
+                                             syn, syc, inv_h, eps, tiny, IS_L2, BLOCK_M,
+                                             BLOCK_N, BLOCK_C)
             p = tl.where(col_ok[None, :] & unclamped, cx * coef[:, None], 0.0)
             y = tl.load(Y + b * syb + cols[:, None] * syn + out_ch[None, :] * syc,
                         mask=col_ok[:, None] & out_ok[None, :], other=0.0)
@@ -201,14 +209,11 @@ if triton is not None:
         for m0 in range(0, Nx, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             row_ok = rows < Nx
-            d, unclamped = _tile_distance(X, Y, XN + b * Nx, YN + b * N, b, rows, cols, row_ok,
-                                          col_ok, C, sxb, sxn, sxc, syb, syn, syc, IS_L2,
-                                          BLOCK_M, BLOCK_N, BLOCK_C)
-            minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
-            lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
+            cx, unclamped = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows,
+                                             cols, row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb,
+                                             syn, syc, inv_h, eps, tiny, IS_L2, BLOCK_M,
+                                             BLOCK_N, BLOCK_C)
             coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
-            den = tl.maximum(minimum + eps, tiny)
-            cx = tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None])
             p = tl.where(row_ok[:, None] & unclamped, cx * coef[:, None], 0.0)
             x = tl.load(X + b * sxb + rows[:, None] * sxn + out_ch[None, :] * sxc,
                         mask=row_ok[:, None] & out_ok[None, :], other=0.0)

@@ -135,15 +135,17 @@ class PuppetObjective(nn.Module):
 
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
         output, target = model(batch["source"]), batch["target"]
-        fo = self.vgg(output)["conv5_2"]
+        # One VGG pass each for the output and the target serves both terms.
+        features = self.vgg(output)
         with torch.no_grad():
-            ft = self.vgg(target)["conv5_2"]
+            target_features = self.vgg(target)
+        fo, ft = features["conv5_2"], target_features["conv5_2"]
         if self.scales is None:
             with torch.no_grad():
                 self.scales = (float(l1_loss(output, target)), float(perceptual_loss(fo, ft)))
         perceptual = self.perceptual_weight * perceptual_loss(fo, ft) / self.scales[1]
         if self.kind == "contextual":
-            terms = self.cx.terms(output, target=target)
+            terms = self.cx.terms_from_features(features, target=target_features)
             main, logs = sum(terms.values()), _as_float_logs(terms)
         else:
             main = l1_loss(output, target) / self.scales[0]

@@ -319,7 +319,7 @@ class ContextualLoss(nn.Module):
         eps: epsilon >= 0 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
-        implementation: ``"auto"``, ``"full"`` or ``"blocked"``.
+        implementation: ``"auto"``, ``"full"``, ``"blocked"`` or ``"fused"``.
         block_size: rows per block for the blocked path, or ``None``.
         sample_positions: keep at most this many random positions, or ``None`` (exact).
 

@@ -99,9 +99,13 @@ class _VGGFeatureLoss(nn.Module):
             features = self.vgg(self._images(role, images))
         self._fixed[role] = {layer: features[layer].detach() for layer in self.roles[role]}
 
-    def _reference(self, role: str, images: torch.Tensor | None, batch: int) -> dict[str, torch.Tensor]:
-        """The reference's features, a single reference image repeated over the batch."""
-        if images is not None:
+    def _reference(self, role: str, images: torch.Tensor | Mapping[str, torch.Tensor] | None,
+                   batch: int) -> dict[str, torch.Tensor]:
+        """The reference's features (from its images, or given as ``self.vgg``'s output), a
+        single reference image repeated over the batch."""
+        if isinstance(images, Mapping):
+            features = {layer: images[layer].detach() for layer in self.roles[role]}
+        elif images is not None:
             with torch.no_grad():
                 features = self.vgg(self._images(role, images))
             features = {layer: features[layer] for layer in self.roles[role]}
@@ -198,12 +202,22 @@ class VGGContextualLoss(_VGGFeatureLoss):
     def terms(self, generated: torch.Tensor, target: torch.Tensor | None = None,
               source: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Each unweighted term, keyed ``"target/<layer>"`` and ``"source/<layer>"``."""
-        features = self.vgg(self._images("generated", generated))
+        return self.terms_from_features(self.vgg(self._images("generated", generated)),
+                                        target, source)
+
+    def terms_from_features(self, features: Mapping[str, torch.Tensor],
+                            target: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+                            source: torch.Tensor | Mapping[str, torch.Tensor] | None = None
+                            ) -> dict[str, torch.Tensor]:
+        """:meth:`terms` from the generated images' features (``self.vgg``'s output), for a
+        caller that needs those features for other losses too; ``target`` and ``source`` may
+        likewise be images or features."""
+        batch = next(iter(features.values())).shape[0]
         out = {}
         for role, images in (("target", target), ("source", source)):
             if not self.roles[role]:
                 continue
-            reference = self._reference(role, images, generated.shape[0])
+            reference = self._reference(role, images, batch)
             for layer in self.roles[role]:
                 out[self._key(role, layer)] = contextual_loss(
                     features[layer], reference[layer],

@@ -58,9 +58,18 @@ def test_puppet_objectives(tiny_net):
     want = cxlib.l1_loss(out, frames) / 0.5 + 0.1 * cxlib.perceptual_loss(vgg(out)["conv5_2"], vgg(frames)["conv5_2"]) / 2.0
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
     cx = cxlib.PuppetObjective(weights=None, scales=(0.5, 2.0))
+    passes = []
+    hook = cx.vgg.register_forward_hook(lambda module, args, result: passes.append(1))
     loss_cx, logs_cx = cx(net, {"source": drawings, "target": frames})
+    hook.remove()
+    assert len(passes) == 2  # one VGG pass for the output, one for the target
     assert set(logs_cx) == {"target/conv3_2", "target/conv4_2", "perceptual^t"}
     assert loss_cx.item() == pytest.approx(sum(logs_cx.values()), rel=1e-5)
+    vgg3 = cxlib.VGG19Features(["conv3_2", "conv4_2", "conv5_2"], weights=None)
+    fo, ft = vgg3(out), vgg3(frames)
+    want = (cxlib.contextual_loss(fo["conv3_2"], ft["conv3_2"]) + cxlib.contextual_loss(fo["conv4_2"], ft["conv4_2"])
+            + 0.1 * cxlib.perceptual_loss(fo["conv5_2"], ft["conv5_2"]) / 2.0)
+    torch.testing.assert_close(loss_cx, want, rtol=1e-5, atol=1e-6)
 
 
 def test_domain_transfer_objective(tiny_net):

@@ -47,7 +47,14 @@ from .vgg import (
     WeightsUnavailableError,
     concat_layers,
 )
-from .train import StepBatches, TrainResult, load_checkpoint, train
+from .train import (
+    StepBatches,
+    TrainResult,
+    load_checkpoint,
+    measure_step_time,
+    train,
+    training_device,
+)
 from .vgg_losses import GramLoss, PerceptualLoss, VGGContextualLoss
 
 __version__ = "0.1.0"
@@ -92,6 +99,7 @@ __all__ = [
     "l1_loss",
     "l2_loss",
     "load_checkpoint",
+    "measure_step_time",
     "mrf_loss",
     "optimize_image",
     "patch_features",
@@ -101,5 +109,6 @@ __all__ = [
     "synthetic_video",
     "total_variation",
     "train",
+    "training_device",
     "write_video",
 ]

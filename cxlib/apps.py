@@ -13,7 +13,10 @@ returns the loss and its terms for the log.
   random image t of the other domain: L_CX^t [conv3_2, conv4_2] + L_CX^s [conv4_2], h = 0.5.
 
 Baseline terms whose raw scales differ by orders of magnitude (Gram, perceptual, L1) are each
-divided by a fixed scale measured once on the data (see ``scales``), so that they weigh equally.
+divided by a fixed scale, so that they weigh equally. The scales are measured once, on the first
+batch, before the first step: :func:`cxlib.train` calls the objective's ``calibrate``, stores the
+values in the checkpoint (a resumed run keeps them) and broadcasts rank 0's to every rank (all
+ranks optimise the same objective). Pass ``scales=`` to fix them yourself.
 
 Command line (one GPU or several under torchrun)::
 
@@ -43,7 +46,60 @@ def _as_float_logs(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return {name: float(value.detach()) for name, value in terms.items()}
 
 
-class AnimationObjective(nn.Module):
+def _check_scales(scales: object) -> tuple[float, float]:
+    if not isinstance(scales, (tuple, list)) or len(scales) != 2:
+        raise TypeError(f"scales must be a pair of positive numbers, got {scales!r}")
+    values = tuple(float(v) for v in scales)
+    if not all(v > 0 and v < float("inf") for v in values):
+        raise ValueError(f"scales must be positive and finite, got {values}")
+    return values
+
+
+class _ScaledObjective(nn.Module):
+    """An objective whose terms are divided by two scales measured once, before training.
+
+    The calibration protocol of :func:`cxlib.train`: ``calibrated``, ``calibrate(model, batch)``,
+    ``calibration_state()`` and ``load_calibration_state(state)``.
+    """
+
+    def __init__(self, scales: tuple[float, float] | None, *, needs_scales: bool) -> None:
+        super().__init__()
+        self._needs_scales = needs_scales
+        self.scales = None if scales is None else _check_scales(scales)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the objective can be evaluated (its scales are known or not needed)."""
+        return not self._needs_scales or self.scales is not None
+
+    def measure_scales(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def calibrate(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> None:
+        """Measure the scales on ``batch`` (``train`` does this before the first step)."""
+        if self._needs_scales:
+            self.scales = _check_scales(self.measure_scales(model, batch))
+
+    def calibration_state(self) -> dict[str, torch.Tensor]:
+        """The measured values, for the checkpoint."""
+        return {} if self.scales is None else {"scales": torch.tensor(self.scales, dtype=torch.float64)}
+
+    def load_calibration_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Take the values of a checkpoint (or of rank 0)."""
+        if "scales" in state:
+            self.scales = _check_scales(state["scales"].tolist())
+
+    def _known_scales(self) -> tuple[float, float]:
+        if self.scales is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the scales of the baseline's terms are not measured yet; "
+                "cxlib.train measures them before the first step, or call "
+                "objective.calibrate(model, first_batch), or pass scales=(..., ...)"
+            )
+        return self.scales
+
+
+class AnimationObjective(_ScaledObjective):
     """Single-image animation: output keeps the frame's pose and takes the target's look.
 
     Args:
@@ -51,8 +107,9 @@ class AnimationObjective(nn.Module):
         kind: ``"contextual"`` (the paper) or ``"gram"`` (the baseline L_Gram^t + L_P^s).
         weights: VGG19 weights (see :class:`cxlib.VGG19Features`).
         band_width: h of the contextual terms.
-        scales: for ``"gram"``, the (Gram, perceptual) values each term is divided by; measured
-            by :meth:`measure_scales` if ``None``.
+        scales: for ``"gram"``, the (Gram, perceptual) values each term is divided by; if
+            ``None``, measured on the first batch by :meth:`calibrate` (which :func:`cxlib.train`
+            calls before the first step).
 
     The batch holds ``"source"``: frames (B, 3, H, W).
     """
@@ -61,8 +118,9 @@ class AnimationObjective(nn.Module):
 
     def __init__(self, target: torch.Tensor, *, kind: str = "contextual", weights="imagenet",
                  band_width: float = 0.5, scales: tuple[float, float] | None = None) -> None:
-        super().__init__()
-        self.kind = check_choice("kind", kind, ("contextual", "gram"))
+        kind = check_choice("kind", kind, ("contextual", "gram"))
+        super().__init__(scales, needs_scales=kind == "gram")
+        self.kind = kind
         if self.kind == "contextual":
             self.loss = VGGContextualLoss({"conv3_2": 1.0, "conv4_2": 1.0}, {"conv4_2": 1.0},
                                           band_width=band_width, weights=weights)
@@ -73,15 +131,16 @@ class AnimationObjective(nn.Module):
             with torch.no_grad():
                 for name, value in self.vgg(target).items():
                     self.register_buffer(f"target_{name}", value.detach(), persistent=False)
-            self.scales = scales
         self.register_buffer("target", target, persistent=False)
 
     def _target_features(self, name: str) -> torch.Tensor:
         return getattr(self, f"target_{name}")
 
-    def measure_scales(self, sources: torch.Tensor) -> tuple[float, float]:
-        """The baseline's term values between the sources and the target (Gram) and between the
-        sources and the target resized to them (perceptual): what each term is divided by."""
+    def measure_scales(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """The baseline's term values between the batch's sources and the target (Gram) and
+        between the sources and the target resized to them (perceptual): what each term is
+        divided by. Depends on the data only, not on the model."""
+        sources = batch["source"]
         with torch.no_grad():
             fs = self.vgg(sources)
             gram = sum(gram_loss(fs[l], self._target_features(l).expand(len(sources), -1, -1, -1))
@@ -96,18 +155,17 @@ class AnimationObjective(nn.Module):
         if self.kind == "contextual":
             terms = self.loss.terms(output, source=source)
             return sum(terms.values()), _as_float_logs(terms)
-        if self.scales is None:
-            self.scales = self.measure_scales(source)
+        gram_scale, perceptual_scale = self._known_scales()
         fo = self.vgg(output)
         with torch.no_grad():
             fs = self.vgg(source)
         gram = sum(gram_loss(fo[l], self._target_features(l).expand(len(output), -1, -1, -1))
-                   for l in self.GRAM_LAYERS) / self.scales[0]
-        content = perceptual_loss(fo["conv4_2"], fs["conv4_2"]) / self.scales[1]
+                   for l in self.GRAM_LAYERS) / gram_scale
+        content = perceptual_loss(fo["conv4_2"], fs["conv4_2"]) / perceptual_scale
         return gram + content, _as_float_logs({"gram^t": gram, "perceptual^s": content})
 
 
-class PuppetObjective(nn.Module):
+class PuppetObjective(_ScaledObjective):
     """Puppet control: paired but not aligned (input drawing, frame) pairs.
 
     Args:
@@ -117,38 +175,44 @@ class PuppetObjective(nn.Module):
         band_width: h of the contextual term.
         perceptual_weight: weight of L_P^t, taken at conv5_2 (a coarse layer, which tolerates
             some misalignment), relative to the other term.
-        scales: (L1, perceptual) values the baseline's terms are divided by; measured on the first
-            batch if ``None``.
+        scales: (L1, perceptual) values the terms are divided by; if ``None``, measured by
+            :meth:`calibrate` on the first batch with the untrained network's output, before the
+            first step (:func:`cxlib.train` does it, and keeps them in the checkpoint).
 
     The batch holds ``"source"`` (the drawings) and ``"target"`` (the frames).
     """
 
     def __init__(self, *, kind: str = "contextual", weights="imagenet", band_width: float = 0.5,
                  perceptual_weight: float = 0.1, scales: tuple[float, float] | None = None) -> None:
-        super().__init__()
-        self.kind = check_choice("kind", kind, ("contextual", "l1"))
+        kind = check_choice("kind", kind, ("contextual", "l1"))
+        super().__init__(scales, needs_scales=True)
+        self.kind = kind
         self.vgg = VGG19Features(["conv3_2", "conv4_2", "conv5_2"], weights=weights)
         self.cx = VGGContextualLoss({"conv3_2": 1.0, "conv4_2": 1.0}, {}, band_width=band_width,
                                     vgg=self.vgg)
         self.perceptual_weight = float(perceptual_weight)
-        self.scales = scales
+
+    def measure_scales(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """L1 and perceptual (conv5_2) between the network's outputs and the batch's targets."""
+        with torch.no_grad():
+            output, target = model(batch["source"]).float(), batch["target"]
+            perceptual = perceptual_loss(self.vgg(output)["conv5_2"], self.vgg(target)["conv5_2"])
+            return float(l1_loss(output, target)), float(perceptual)
 
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
+        l1_scale, perceptual_scale = self._known_scales()
         output, target = model(batch["source"]), batch["target"]
         # One VGG pass each for the output and the target serves both terms.
         features = self.vgg(output)
         with torch.no_grad():
             target_features = self.vgg(target)
         fo, ft = features["conv5_2"], target_features["conv5_2"]
-        if self.scales is None:
-            with torch.no_grad():
-                self.scales = (float(l1_loss(output, target)), float(perceptual_loss(fo, ft)))
-        perceptual = self.perceptual_weight * perceptual_loss(fo, ft) / self.scales[1]
+        perceptual = self.perceptual_weight * perceptual_loss(fo, ft) / perceptual_scale
         if self.kind == "contextual":
             terms = self.cx.terms_from_features(features, target=target_features)
             main, logs = sum(terms.values()), _as_float_logs(terms)
         else:
-            main = l1_loss(output, target) / self.scales[0]
+            main = l1_loss(output, target) / l1_scale
             logs = {"l1^t": float(main.detach())}
         return main + perceptual, {**logs, "perceptual^t": float(perceptual.detach())}
 
@@ -212,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .crn import CRN, crn_config
     from .data import CelebAAttribute, StackedImages, VideoFrames, edge_map, read_image_file
-    from .train import StepBatches, train
+    from .train import StepBatches, train, training_device
 
     args = _parser().parse_args(argv)
     weights = None if args.weights == "random" else args.weights
@@ -246,11 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         def batch(step):
             return {"source": sources(step), "target": targets(step)}
         samples = torch.stack([source_set[i] for i in range(8)])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The local rank's GPU under torchrun: the objective (VGG19, targets) must live where the
+    # model trains.
+    device = training_device(None)
     objective.to(device)
     result = train(model, objective, batch, steps=args.steps, run_dir=args.run_dir, lr=args.lr,
                    sample_inputs=samples, sample_every=args.sample_every,
-                   checkpoint_every=args.checkpoint_every, amp=args.amp,
+                   checkpoint_every=args.checkpoint_every, amp=args.amp, device=device,
                    description=f"{args.task} (CRN {args.size})")
     if not result.history:
         return 0

@@ -5,7 +5,15 @@ of the step number (see :class:`StepBatches`), so a resumed run sees the same ba
 uninterrupted one; the checkpoint holds the model, the optimiser, the gradient scaler, the step,
 the loss history and every random generator's state, and is written to a temporary file and then
 renamed, so a run killed at any moment leaves the previous checkpoint intact. Checkpoints are
-read with ``torch.load(..., weights_only=True)``.
+read on the CPU with ``torch.load(..., weights_only=True)`` (whatever device the run trains on:
+the random generators' states must stay CPU tensors).
+
+An objective may carry values measured once at the start of a run (the scales that make a
+baseline's terms comparable): if ``loss_fn`` has ``calibrate(model, batch)``, ``calibrated``,
+``calibration_state()`` and ``load_calibration_state(state)``, :func:`train` calibrates it on
+the first batch before the first step, broadcasts the values from rank 0, stores them in the
+checkpoint, and restores them when a run resumes, so that every rank and every resumed run
+optimises the same objective.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel, rank r
 trains on the batches of steps ``step * world_size + r``, and only rank 0 writes files::
@@ -29,7 +37,15 @@ from torch.utils.data import Dataset
 
 from ._checks import check_positive, check_positive_int
 
-__all__ = ["CHECKPOINT_NAME", "StepBatches", "TrainResult", "load_checkpoint", "train"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "StepBatches",
+    "TrainResult",
+    "load_checkpoint",
+    "measure_step_time",
+    "train",
+    "training_device",
+]
 
 #: File name of the checkpoint inside the run directory.
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -81,6 +97,8 @@ class TrainResult:
         step: the last step done.
         resumed_from: the step the run resumed from (0 for a fresh run).
         seconds: wall-clock time of this run.
+        finished: whether all ``steps`` are done (False when ``time_limit`` stopped the run
+            early; running :func:`train` again continues it).
     """
 
     model: nn.Module
@@ -89,6 +107,7 @@ class TrainResult:
     step: int = 0
     resumed_from: int = 0
     seconds: float = 0.0
+    finished: bool = False
 
 
 def _rng_state() -> dict:
@@ -124,19 +143,133 @@ def _save_atomically(obj: Mapping, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`train` (``weights_only=True``: no code is run)."""
+    """Read a checkpoint written by :func:`train` (``weights_only=True``: no code is run).
+
+    On the CPU by default: :func:`train` reads it so and moves what belongs on the device itself
+    (the random generators' states must stay CPU tensors).
+    """
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _distributed() -> tuple[int, int]:
+def training_device(device: str | torch.device | None = None) -> torch.device:
+    """The device :func:`train` uses: ``device`` if given, else CUDA if present, else the CPU.
+
+    A CUDA device without an index means the local rank's GPU (``LOCAL_RANK``, set by torchrun;
+    0 otherwise), so that under torchrun every rank trains on its own GPU.
+
+    Example:
+        >>> from cxlib.train import training_device
+        >>> training_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        # train() has made the rank's GPU the current device before: NCCL binds to it.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def _restore_scaler(scaler: torch.amp.GradScaler, saved: Mapping) -> None:
+    """Load a gradient scaler's state unless the run was saved without one (or runs without one
+    now): a run may be resumed with or without ``amp`` whatever it was started with."""
+    if saved and scaler.is_enabled():
+        scaler.load_state_dict(saved)
+
+
+def _calibrate(loss_fn: object, model: nn.Module, first_batch: Callable[[], Mapping[str, torch.Tensor]],
+               saved: Mapping | None, device: torch.device, world: int) -> None:
+    """Give a calibrated objective its values: from the checkpoint when resuming, else measured on
+    the first batch, then the same on every rank (rank 0's)."""
+    if not hasattr(loss_fn, "calibrate"):
+        return
+    if saved:
+        loss_fn.load_calibration_state(saved)
+    if not loss_fn.calibrated:
+        loss_fn.calibrate(model, first_batch())
+    if world > 1:
+        import torch.distributed as dist
+
+        state = {}
+        for name, value in loss_fn.calibration_state().items():
+            value = value.to(device)
+            dist.broadcast(value, src=0)
+            state[name] = value.cpu()
+        loss_fn.load_calibration_state(state)
+
+
+def _train_step(wrapped: nn.Module, loss_fn: Callable, batch: Mapping[str, torch.Tensor],
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                device: torch.device, amp: bool) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]:
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+        out = loss_fn(wrapped, batch)
+    loss, logged = out if isinstance(out, tuple) else (out, {})
+    scaler.scale(loss.float()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logged
+
+
+def measure_step_time(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch_fn: Callable[[int], Mapping[str, torch.Tensor]],
+    *,
+    steps: int = 3,
+    lr: float = 1e-4,
+    amp: bool = False,
+    device: str | torch.device | None = None,
+) -> float:
+    """Seconds per training step of :func:`train` with these arguments, measured on copies.
+
+    One warm-up step, then ``steps`` timed ones, on a copy of the model and of the objective with
+    a fresh optimiser: the model, the objective and the random generators are left as they were.
+    Chapters use it to say what a long run will cost before starting it.
+
+    Returns:
+        The mean seconds per step (CUDA work included: the device is synchronised).
+    """
+    import copy
+
+    steps = check_positive_int("steps", steps)
+    device = training_device(device)
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked, device_type=device.type):
+        model = copy.deepcopy(model).to(device).train()
+        loss_fn = copy.deepcopy(loss_fn)
+        if isinstance(loss_fn, nn.Module):
+            loss_fn.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+        def batch(step: int) -> dict[str, torch.Tensor]:
+            return {k: v.to(device) for k, v in batch_fn(step).items()}
+
+        _calibrate(loss_fn, model, lambda: batch(0), None, device, 1)
+        started = 0.0
+        for step in range(steps + 1):
+            if step == 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+            _train_step(model, loss_fn, batch(step), optimizer, scaler, device, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / steps
 
 
 def train(
@@ -155,6 +288,7 @@ def train(
     progress: bool = True,
     callback: Callable[[int, Mapping[str, float]], None] | None = None,
     description: str = "training",
+    time_limit: float | None = None,
 ) -> TrainResult:
     """Train ``model`` with Adam for ``steps`` steps, resuming from ``run_dir`` if a checkpoint is
     there.
@@ -172,10 +306,14 @@ def train(
         sample_every: steps between sample grids; ``None`` for none.
         checkpoint_every: steps between checkpoints (one is always written at the end).
         amp: mixed precision (float16 with a gradient scaler on CUDA, bfloat16 on the CPU).
-        device: where to train; default CUDA if present (under torchrun, the local rank's GPU).
+        device: where to train; default CUDA if present; a CUDA device without an index is the
+            local rank's GPU (see :func:`training_device`).
         progress: show a tqdm progress bar with the loss.
         callback: called as ``callback(step, logged values)`` after every step.
         description: the progress bar's label.
+        time_limit: stop after the first step that ends more than this many seconds after the
+            start (a checkpoint is written): a notebook cell stays within a time budget, and
+            running :func:`train` again continues. ``None``: no limit.
 
     Returns:
         A :class:`TrainResult`.
@@ -184,33 +322,39 @@ def train(
     lr = check_positive("lr", lr)
     checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
     sample_every = check_positive_int("sample_every", sample_every, allow_none=True)
-    rank, world = _distributed()
-    if device is None:
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        else:
-            device = torch.device("cpu")
-    device = torch.device(device)
+    if time_limit is not None:
+        time_limit = check_positive("time_limit", time_limit)
+    device = training_device(device)
+    if device.type == "cuda":
+        # NCCL, Triton and every allocation without an explicit device use the current device.
+        torch.cuda.set_device(device)
+    rank, world = _distributed(device)
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     if rank == 0:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
 
     model = model.to(device)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    use_scaler = amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+    def batch_of(step: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in batch_fn(step).items()}
 
     result = TrainResult(model=model)
+    saved_objective = None
     if checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        state = load_checkpoint(checkpoint_path)  # on the CPU: see load_checkpoint
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        optimizer.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
+        _restore_scaler(scaler, state["scaler"])
         result.history = [dict(h) for h in state["history"]]
         result.step = result.resumed_from = int(state["step"])
+        saved_objective = state.get("objective")
         _set_rng_state(state["rng"])
+    _calibrate(loss_fn, model, lambda: batch_of(0), saved_objective, device, world)
 
     wrapped = model
     if world > 1:
@@ -222,8 +366,9 @@ def train(
         if rank == 0:
             _save_atomically({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "step": result.step, "history": result.history,
-                "rng": _rng_state(),
+                "scaler": scaler.state_dict(), "amp": bool(amp), "step": result.step,
+                "history": result.history, "rng": _rng_state(),
+                "objective": loss_fn.calibration_state() if hasattr(loss_fn, "calibrate") else {},
             }, checkpoint_path)
         if world > 1:
             torch.distributed.barrier()
@@ -242,6 +387,14 @@ def train(
         save_image(grid, run_dir / "samples" / f"step_{result.step:07d}.png")
         result.samples.append((result.step, grid))
 
+    def out_of_time() -> bool:
+        if time_limit is None:
+            return False
+        over = torch.tensor(float(time.perf_counter() - started > time_limit), device=device)
+        if world > 1:  # every rank stops at the same step: rank 0 decides
+            torch.distributed.broadcast(over, src=0)
+        return bool(over.item())
+
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -250,26 +403,24 @@ def train(
                leave=False)
     try:
         while result.step < steps:
-            batch = {k: v.to(device) for k, v in batch_fn(result.step * world + rank).items()}
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                out = loss_fn(wrapped, batch)
-            loss, logged = out if isinstance(out, tuple) else (out, {})
-            scaler.scale(loss.float()).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logged = _train_step(wrapped, loss_fn, batch_of(result.step * world + rank),
+                                       optimizer, scaler, device, amp)
             result.step += 1
             values = {"loss": float(loss.detach()), **{k: float(v) for k, v in logged.items()}}
             result.history.append(values)
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.4g}")
+            stop = result.step < steps and out_of_time()
             if sample_every is not None and (result.step % sample_every == 0 or result.step == steps):
                 sample()
-            if result.step % checkpoint_every == 0 or result.step == steps:
+            if result.step % checkpoint_every == 0 or result.step == steps or stop:
                 save()
             if callback is not None:
                 callback(result.step, values)
+            if stop:
+                break
     finally:
         bar.close()
     result.seconds = time.perf_counter() - started
+    result.finished = result.step >= steps
     return result

@@ -99,3 +99,85 @@ def test_command_line_trains_and_resumes(tmp_path):
     second = subprocess.run(longer, capture_output=True, text=True, check=False, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
     assert cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 5
+
+
+def _frames_batches(size=16, count=4):
+    frames = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(4))
+    return frames, cxlib.StepBatches(cxlib.StackedImages(frames), 2, seed=0)
+
+
+def test_baseline_scales_are_measured_once_before_training_and_kept_in_the_checkpoint(tmp_path, monkeypatch):
+    """Before: measured lazily in the first forward (the puppet one on the untrained network's
+    output), never checkpointed, so a resumed run optimised another objective."""
+    target = torch.rand(1, 3, 16, 16)
+    frames, batches = _frames_batches()
+    objective = cxlib.AnimationObjective(target, kind="gram", weights=None)
+    assert not objective.calibrated
+    with pytest.raises(RuntimeError, match="not measured yet"):
+        objective(torch.nn.Identity(), {"source": frames[:2]})
+    want = objective.measure_scales(None, {"source": batches(0)})
+
+    def net():
+        torch.manual_seed(0)
+        return cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16))
+
+    cxlib.train(net(), objective, lambda s: {"source": batches(s)}, steps=2, run_dir=tmp_path,
+                progress=False, device="cpu")
+    assert objective.scales == pytest.approx(want, rel=1e-6)
+    saved = cxlib.load_checkpoint(tmp_path / "checkpoint.pt")["objective"]["scales"]
+    assert saved.tolist() == pytest.approx(list(want), rel=1e-6)
+
+    # A resumed run takes the checkpoint's scales and measures nothing.
+    resumed = cxlib.AnimationObjective(target, kind="gram", weights=None)
+    monkeypatch.setattr(resumed, "measure_scales", lambda *a: pytest.fail("measured again"))
+    cxlib.train(net(), resumed, lambda s: {"source": batches(s)}, steps=3, run_dir=tmp_path,
+                progress=False, device="cpu")
+    assert resumed.scales == objective.scales
+
+
+def test_puppet_scales_are_those_of_the_untrained_network_at_step_0(tmp_path):
+    drawings = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    frames = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    pairs = cxlib.StepBatches(cxlib.StackedImages(torch.cat([drawings, frames], 1)), 2, seed=1)
+
+    def batch(step):
+        both = pairs(step)
+        return {"source": both[:, :1], "target": both[:, 1:]}
+
+    torch.manual_seed(0)
+    net = cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16), in_channels=1)
+    objective = cxlib.PuppetObjective(kind="l1", weights=None)
+    with torch.no_grad():
+        out = net(batch(0)["source"])
+        vgg = cxlib.VGG19Features(["conv5_2"], weights=None)
+        want = (cxlib.l1_loss(out, batch(0)["target"]).item(),
+                cxlib.perceptual_loss(vgg(out)["conv5_2"], vgg(batch(0)["target"])["conv5_2"]).item())
+    cxlib.train(net, objective, batch, steps=2, run_dir=tmp_path, progress=False, device="cpu")
+    assert objective.scales == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="positive and finite"):
+        cxlib.PuppetObjective(weights=None, scales=(1.0, 0.0))
+    with pytest.raises(TypeError, match="pair of positive numbers"):
+        cxlib.PuppetObjective(weights=None, scales=3.0)
+
+
+def test_command_line_puts_the_objective_where_the_model_trains(tmp_path, monkeypatch):
+    """Before: the objective went to "cuda" (GPU 0 on every torchrun rank) while train() put the
+    model on cuda:LOCAL_RANK. Now both come from training_device()."""
+    import cxlib.apps
+
+    train_module = sys.modules["cxlib.train"]  # cxlib.train is the function
+    seen = {}
+
+    def fake_train(model, objective, batch, **kwargs):
+        seen["device"] = kwargs.get("device")
+        seen["objective"] = {b.device for b in objective.buffers()}
+        return cxlib.TrainResult(model=model)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(train_module, "training_device", lambda device=None: torch.device("meta"))
+    photo = cxlib.images.load_image("astronaut", 16)
+    video = cxlib.write_video(cxlib.synthetic_video(photo, 3), tmp_path / "clip.gif")
+    assert cxlib.apps.main(["puppet", "--video", str(video), "--size", "16", "--weights", "random",
+                            "--run-dir", str(tmp_path / "run")]) == 0
+    assert seen["device"] == torch.device("meta")
+    assert seen["objective"] == {torch.device("meta")}

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,9 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path):
 def test_checkpoint_contents_and_a_finished_run_does_nothing(tmp_path):
     assert _run(tmp_path, tmp_path / "run", 4).returncode == 0
     state = cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert set(state) == {"model", "optimizer", "scaler", "step", "history", "rng"}
-    assert state["step"] == 4 and len(state["history"]) == 4
+    assert set(state) == {"model", "optimizer", "scaler", "amp", "step", "history", "rng", "objective"}
+    assert state["step"] == 4 and len(state["history"]) == 4 and state["amp"] is False
+    assert state["objective"] == {}  # a plain function has nothing to calibrate
     again = _run(tmp_path, tmp_path / "run", 4)
     assert again.returncode == 0
     final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
@@ -108,9 +110,30 @@ DDP_SCRIPT = textwrap.dedent('''
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 3, 1))
     data = cxlib.StackedImages(torch.rand(12, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
     batches = cxlib.StepBatches(data, 2, seed=5)
-    result = cxlib.train(model, lambda m, b: cxlib.l2_loss(m(b["x"]), b["x"]),
-                         lambda s: {"x": batches(s)}, steps=3, run_dir=sys.argv[1], lr=0.05,
-                         progress=False, device="cpu")
+
+
+    class Scaled:
+        """A calibrated objective whose measurement differs per rank: train() must give every
+        rank rank 0's value (1.0), or the ranks would optimise different objectives."""
+        scale = None
+        calibrated = property(lambda self: self.scale is not None)
+
+        def calibrate(self, model, batch):
+            self.scale = 1.0 + int(os.environ["RANK"])
+
+        def calibration_state(self):
+            return {"scale": torch.tensor([self.scale])}
+
+        def load_calibration_state(self, state):
+            self.scale = float(state["scale"])
+
+        def __call__(self, m, b):
+            return self.scale * cxlib.l2_loss(m(b["x"]), b["x"])
+
+    objective = Scaled()
+    result = cxlib.train(model, objective, lambda s: {"x": batches(s)}, steps=3, run_dir=sys.argv[1],
+                         lr=0.05, progress=False, device="cpu")
+    torch.save(objective.scale, os.path.join(sys.argv[1], f"scale{os.environ['RANK']}.pt"))
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save([p.detach() for p in model.parameters()], os.path.join(sys.argv[1], "params.pt"))
 ''')
@@ -126,6 +149,9 @@ def test_distributed_data_parallel_averages_the_ranks_gradients(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     got = torch.load(tmp_path / "ddp" / "params.pt", weights_only=True)
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file()
+    # Both ranks optimise rank 0's objective, and the checkpoint keeps it.
+    assert [torch.load(tmp_path / "ddp" / f"scale{r}.pt") for r in (0, 1)] == [1.0, 1.0]
+    assert cxlib.load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["objective"]["scale"].item() == 1.0
 
     # The same three steps in one process: step s of rank r used batch 2s + r, and DDP averages
     # the two ranks' gradients, which is the gradient of the mean of the two batches' losses.
@@ -141,3 +167,113 @@ def test_distributed_data_parallel_averages_the_ranks_gradients(tmp_path):
         optimizer.step()
     for p, q in zip(got, model.parameters()):
         torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _tiny_run(tmp_path, steps, **kwargs):
+    torch.manual_seed(0)
+    model = cxlib.CRN(cxlib.crn_config(8, wide=4, narrow=4))
+    data = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    return cxlib.train(model, lambda m, b: cxlib.l1_loss(m(b["x"]).float(), b["x"]),
+                       lambda s: {"x": data}, steps=steps, run_dir=tmp_path, lr=1e-2,
+                       progress=False, **kwargs)
+
+
+def test_resume_reads_the_checkpoint_on_the_cpu_whatever_the_device(tmp_path):
+    """A run resumed on another device (a GPU) must read its checkpoint on the CPU: the random
+    generators' states it holds must stay CPU tensors. Before the fix, train() loaded it with
+    map_location=device and torch.set_rng_state raised. The 'meta' device stands in for a GPU:
+    a finished run resumed there loads the checkpoint and restores every state."""
+    _tiny_run(tmp_path, 3, device="cpu")
+    saved = cxlib.load_checkpoint(tmp_path / "checkpoint.pt")
+    torch.manual_seed(123)  # something else, which resuming must replace
+    with warnings.catch_warnings():  # copying into meta parameters is a no-op, and says so
+        warnings.simplefilter("ignore", UserWarning)
+        result = _tiny_run(tmp_path, 3, device="meta")
+    assert result.resumed_from == 3 and result.step == 3 and result.finished
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert all(p.device.type == "meta" for p in result.model.parameters())
+
+
+def test_training_device_gives_every_rank_its_own_gpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cxlib.training_device("cuda") == torch.device("cuda", 1)
+    assert cxlib.training_device("cuda:0") == torch.device("cuda", 0)
+    assert cxlib.training_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cxlib.training_device(None) == torch.device("cuda", 1)  # never a bare "cuda"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert cxlib.training_device(None) == torch.device("cuda", 0)
+
+
+def test_train_makes_the_training_gpu_the_current_device(monkeypatch, tmp_path):
+    """NCCL, Triton and allocations without a device use the current CUDA device: train() must
+    set it to the rank's GPU before anything else (here the call is recorded and the run stops
+    when the model is moved, as there is no GPU)."""
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
+
+    def refuse_move(self, *args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(torch.nn.Module, "to", refuse_move)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(Stop):
+        cxlib.train(torch.nn.Linear(1, 1), lambda m, b: m(b["x"]).sum(), lambda s: {},
+                    steps=1, run_dir=tmp_path, device="cuda")
+    assert calls == [torch.device("cuda", 1)]
+
+
+def test_resume_with_and_without_amp_whatever_the_run_started_with(tmp_path):
+    """A GradScaler saved disabled has an empty state, which an enabled scaler refuses to load.
+    Before the fix, resuming a run saved without AMP with --amp raised."""
+    from cxlib.train import _restore_scaler
+
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
+    with pytest.raises(RuntimeError, match="empty"):  # what the old code did
+        torch.amp.GradScaler("cpu", enabled=True).load_state_dict(disabled.state_dict())
+    fresh = torch.amp.GradScaler("cpu", enabled=True)
+    _restore_scaler(fresh, disabled.state_dict())  # no AMP before, AMP now: starts afresh
+    assert fresh.get_scale() == 65536.0
+    _restore_scaler(fresh, enabled.state_dict())  # AMP before and now: its scale continues
+    assert fresh.get_scale() == 8.0
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    _restore_scaler(off, enabled.state_dict())  # AMP before, none now
+    assert not off.is_enabled()
+    # And through train(): a run without AMP resumed with it, and back.
+    _tiny_run(tmp_path, 2, device="cpu")
+    assert _tiny_run(tmp_path, 4, device="cpu", amp=True).step == 4
+    assert cxlib.load_checkpoint(tmp_path / "checkpoint.pt")["amp"] is True
+    assert _tiny_run(tmp_path, 5, device="cpu").step == 5
+
+
+def test_time_limit_stops_with_a_checkpoint_and_the_next_call_continues(tmp_path):
+    first = _tiny_run(tmp_path, 50, device="cpu", time_limit=1e-9, checkpoint_every=100)
+    assert first.step == 1 and not first.finished  # stops after the first step
+    assert cxlib.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    rest = _tiny_run(tmp_path, 5, device="cpu")
+    assert rest.resumed_from == 1 and rest.step == 5 and rest.finished
+    straight = _tiny_run(tmp_path / "straight", 5, device="cpu")
+    assert [h["loss"] for h in rest.history] == [h["loss"] for h in straight.history]
+    with pytest.raises(ValueError, match="time_limit must be > 0"):
+        _tiny_run(tmp_path, 5, device="cpu", time_limit=0)
+
+
+def test_measure_step_time_leaves_model_and_random_state_alone(tmp_path):
+    torch.manual_seed(0)
+    model = cxlib.CRN(cxlib.crn_config(8, wide=4, narrow=4))
+    before = [p.detach().clone() for p in model.parameters()]
+    data = torch.rand(2, 3, 8, 8)
+
+    def loss_fn(m, b):
+        return cxlib.l1_loss(m(b["x"] + 0.01 * torch.randn(b["x"].shape)), b["x"])
+
+    state = torch.get_rng_state()
+    seconds = cxlib.measure_step_time(model, loss_fn, lambda s: {"x": data}, steps=2, device="cpu")
+    assert 0 < seconds < 60
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

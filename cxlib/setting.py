@@ -1,50 +1,216 @@
-"""The book's size switch: ``CXLIB_FAST=1`` (CI, a laptop) gives small sizes, the default the paper's.
+"""The book's setting: which sizes a chapter runs at, on which device, and how a page was made.
 
-Every chapter starts with ``setting = cxlib.setting.book_setting()`` and then picks its sizes with
-``setting.choose(fast=..., full=...)``.
+The setting follows the hardware: the paper's sizes ("full") where a CUDA GPU is present, small
+sizes ("fast") on a CPU, where the full setting would train for hours. Environment variables
+override it:
+
+- ``CXLIB_SETTING=fast`` or ``CXLIB_SETTING=full`` chooses explicitly;
+- ``CXLIB_FAST=1`` (the older switch) means fast, ``CXLIB_FAST=0`` full;
+- ``CXLIB_SEED`` replaces every chapter's seed (to check that a chapter's claims do not depend on
+  it);
+- ``CXLIB_RUNS_DIR`` is where the training chapters keep their run directories (checkpoints and
+  samples), ``runs`` by default; on Colab, point it at Google Drive so that a disconnected
+  runtime does not lose its training.
+
+Every chapter starts with ``setting = cxlib.setting.book_setting()``, picks its sizes with
+``setting.choose(fast=..., full=...)``, and shows ``setting.provenance()``: one line that says
+with which setting, device, VGG19 weights, cxlib version and date the page was made.
 """
 
 from __future__ import annotations
 
+import datetime
+import html
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["FAST_ENV", "BookSetting", "book_setting"]
+__all__ = [
+    "FAST_ENV",
+    "RUNS_ENV",
+    "SEED_ENV",
+    "SETTINGS",
+    "SETTING_ENV",
+    "BookSetting",
+    "Provenance",
+    "book_setting",
+    "resolve_setting",
+]
 
-#: The environment variable of the switch.
+#: The explicit switch: ``fast`` or ``full``.
+SETTING_ENV = "CXLIB_SETTING"
+#: The older switch: ``1`` for fast, ``0`` for full. ``CXLIB_SETTING`` wins over it.
 FAST_ENV = "CXLIB_FAST"
+#: Replaces the seed every chapter passes to :func:`book_setting`.
+SEED_ENV = "CXLIB_SEED"
+#: Where the training chapters keep their run directories.
+RUNS_ENV = "CXLIB_RUNS_DIR"
+#: The settings a chapter can run at.
+SETTINGS = ("fast", "full")
 
 T = TypeVar("T")
+
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def resolve_setting(cuda_available: bool | None = None) -> tuple[str, str]:
+    """The setting to run at, and why: ``(name, reason)``.
+
+    ``CXLIB_SETTING`` wins, then ``CXLIB_FAST``, then the hardware rule (full on a CUDA GPU, fast
+    on a CPU).
+
+    Args:
+        cuda_available: whether a CUDA GPU is present; asked of torch if ``None``.
+
+    Raises:
+        ValueError: ``CXLIB_SETTING`` is set to something other than ``fast`` or ``full``.
+
+    Example:
+        >>> import os
+        >>> from cxlib.setting import resolve_setting
+        >>> os.environ["CXLIB_SETTING"] = "fast"
+        >>> resolve_setting()
+        ('fast', 'CXLIB_SETTING=fast')
+        >>> del os.environ["CXLIB_SETTING"]
+    """
+    explicit = os.environ.get(SETTING_ENV, "").strip().lower()
+    if explicit:
+        if explicit not in SETTINGS:
+            raise ValueError(
+                f"{SETTING_ENV} must be one of {SETTINGS} (or unset), got {os.environ[SETTING_ENV]!r}"
+            )
+        return explicit, f"{SETTING_ENV}={explicit}"
+    if FAST_ENV in os.environ:
+        value = os.environ[FAST_ENV]
+        fast = value.strip().lower() not in _FALSE
+        return ("fast" if fast else "full"), f"{FAST_ENV}={value.strip()}"
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if cuda_available:
+        return "full", "a CUDA GPU is present"
+    return "fast", "no CUDA GPU: the full setting would take hours on a CPU"
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a page was made, as one line; shown as a framed line in HTML and as text elsewhere.
+
+    Attributes:
+        items: (label, value) pairs, e.g. ("setting", "fast").
+    """
+
+    items: tuple[tuple[str, str], ...]
+
+    def __str__(self) -> str:
+        return "Made with: " + " · ".join(f"{label} {value}" for label, value in self.items)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        parts = " · ".join(
+            f"{html.escape(label)} <b>{html.escape(value)}</b>" for label, value in self.items
+        )
+        return (
+            '<div class="cx-provenance" style="border-left:4px solid #c9a227;'
+            "background:#fdf8e4;color:#333;padding:0.4em 0.8em;margin:0.2em 0;"
+            f'font-size:0.9em">Made with: {parts}</div>'
+        )
 
 
 @dataclass(frozen=True)
 class BookSetting:
-    """Which setting a chapter runs at, on which device, from which seed."""
+    """Which setting a chapter runs at, on which device, from which seed.
 
-    fast: bool
+    Attributes:
+        name: ``"fast"`` or ``"full"``.
+        reason: why this setting (the variable that chose it, or the hardware).
+        device: where the chapter computes.
+        seed: the seed Python, NumPy and torch were seeded with.
+        vgg_weights: which VGG19 weights the chapter's VGG19 uses (``"ImageNet"`` or the label of
+            the random fallback), or ``None`` if the chapter uses no VGG19.
+    """
+
+    name: str
+    reason: str
     device: torch.device
     seed: int
+    vgg_weights: str | None = None
+
+    @property
+    def fast(self) -> bool:
+        """True at the fast setting."""
+        return self.name == "fast"
 
     def choose(self, *, fast: T, full: T) -> T:
         """``fast`` at the fast setting, ``full`` at the full one."""
         return fast if self.fast else full
 
     def describe(self) -> str:
-        """One line for the chapter's output, e.g. 'fast setting (CXLIB_FAST=1) on cpu, seed 0'."""
-        which = f"fast setting ({FAST_ENV}=1)" if self.fast else "full setting (the paper's sizes)"
-        where = self.device.type
-        if self.device.type == "cuda":
-            where = f"cuda ({torch.cuda.get_device_name(self.device)})"
-        return f"{which} on {where}, seed {self.seed}"
+        """One line for the chapter's output, e.g. 'fast setting (CXLIB_SETTING=fast) on cpu, seed 0'."""
+        which = "fast setting" if self.fast else "full setting (the paper's sizes)"
+        return f"{which} ({self.reason}) on {_device_label(self.device)}, seed {self.seed}"
+
+    def runs_dir(self, *parts: str) -> Path:
+        """A run directory under ``$CXLIB_RUNS_DIR`` (default ``runs``), e.g. ``runs_dir("puppet")``.
+
+        Example:
+            >>> from cxlib.setting import book_setting
+            >>> book_setting(device="cpu").runs_dir("animation", "64px").parts[-2:]
+            ('animation', '64px')
+        """
+        return Path(os.environ.get(RUNS_ENV) or "runs").expanduser().joinpath(*parts)
+
+    def provenance(self, *, today: datetime.date | None = None) -> Provenance:
+        """How this page was made: setting, device, VGG19 weights, cxlib and torch versions, date.
+
+        Example:
+            >>> import datetime
+            >>> from cxlib.setting import book_setting
+            >>> s = book_setting(device="cpu")
+            >>> str(s.provenance(today=datetime.date(2026, 1, 2))).endswith("date 2026-01-02")
+            True
+        """
+        from . import __version__
+
+        today = today or datetime.date.today()
+        weights = self.vgg_weights if self.vgg_weights is not None else "not used in this chapter"
+        return Provenance((
+            ("setting", self.name),
+            ("device", _device_label(self.device)),
+            ("VGG19 weights", weights),
+            ("cxlib", __version__),
+            ("torch", torch.__version__),
+            ("date", today.isoformat()),
+        ))
 
 
-def book_setting(seed: int = 0, *, device: str | torch.device | None = None) -> BookSetting:
-    """Read ``CXLIB_FAST``, seed Python, NumPy and torch, and pick the device (CUDA if present).
+def book_setting(seed: int = 0, *, device: str | torch.device | None = None,
+                 uses_vgg: bool = False) -> BookSetting:
+    """Resolve the setting, seed Python, NumPy and torch, pick the device (CUDA if present).
+
+    Args:
+        seed: the chapter's seed; ``CXLIB_SEED`` replaces it.
+        device: where to compute; CUDA if present, else the CPU.
+        uses_vgg: the chapter uses the ImageNet VGG19: find out now which weights it will get
+            (downloading them into the torch hub cache if needed, see
+            :func:`cxlib.vgg.imagenet_weights_status`), so that the page can say so.
+
+    Raises:
+        ValueError: ``CXLIB_SETTING`` or ``CXLIB_SEED`` has a value that is not understood.
+        WeightsUnavailableError: ``uses_vgg`` and the ImageNet weights cannot be had, and
+            ``CXLIB_ALLOW_RANDOM_WEIGHTS=1`` is not set.
 
     Example:
         >>> import cxlib.setting
@@ -52,10 +218,22 @@ def book_setting(seed: int = 0, *, device: str | torch.device | None = None) -> 
         >>> s.choose(fast=64, full=256) in (64, 256)
         True
     """
-    fast = os.environ.get(FAST_ENV, "0").strip().lower() not in ("", "0", "false", "no")
+    override = os.environ.get(SEED_ENV, "").strip()
+    if override:
+        try:
+            seed = int(override)
+        except ValueError:
+            raise ValueError(f"{SEED_ENV} must be an integer, got {override!r}") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    name, reason = resolve_setting(cuda_available=device.type == "cuda")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return BookSetting(fast=fast, device=torch.device(device), seed=seed)
+    weights = None
+    if uses_vgg:
+        from .vgg import imagenet_weights_status
+
+        weights = imagenet_weights_status()
+    return BookSetting(name=name, reason=reason, device=device, seed=seed, vgg_weights=weights)

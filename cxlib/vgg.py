@@ -23,6 +23,7 @@ from ._checks import check_choice, check_tensor
 __all__ = [
     "ALLOW_RANDOM_ENV",
     "IMAGENET_FILE",
+    "WEIGHTS_ENV",
     "VGG19_CONFIG",
     "VGG19_LAYERS",
     "RandomWeightsWarning",
@@ -30,6 +31,7 @@ __all__ = [
     "WeightsUnavailableError",
     "concat_layers",
     "imagenet_weights_path",
+    "imagenet_weights_status",
 ]
 
 #: Channels of each convolution, "M" for a 2x2 pooling (VGG19, configuration "E").
@@ -40,8 +42,22 @@ VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
 IMAGENET_FILE = "vgg19-dcbb9e9d.pth"
 #: Set to 1 to continue with seeded random weights when the ImageNet weights cannot be had.
 ALLOW_RANDOM_ENV = "CXLIB_ALLOW_RANDOM_WEIGHTS"
+#: Set to ``random`` to give every ``weights="imagenet"`` the seeded random weights without
+#: trying to download anything (a book edition built with random weights on purpose).
+WEIGHTS_ENV = "CXLIB_VGG_WEIGHTS"
 #: Seed of the random weights (``weights=None`` and the fallback).
 RANDOM_SEED = 0
+#: How figures name the fallback weights.
+RANDOM_LABEL = f"RANDOM (seed {RANDOM_SEED}; the ImageNet weights were unavailable)"
+#: How figures name the random weights chosen with ``CXLIB_VGG_WEIGHTS=random``.
+FORCED_RANDOM_LABEL = f"RANDOM (seed {RANDOM_SEED}; {WEIGHTS_ENV}=random)"
+
+
+def _forced_random() -> bool:
+    value = os.environ.get(WEIGHTS_ENV, "").strip().lower()
+    if value not in ("", "imagenet", "random"):
+        raise ValueError(f"{WEIGHTS_ENV} must be 'imagenet', 'random' or unset, got {value!r}")
+    return value == "random"
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -143,6 +159,26 @@ def _load_imagenet_state() -> dict[str, torch.Tensor] | None:
             f"weights=<path to a VGG19 state dict>. To continue with seeded random weights "
             f"instead (features without meaning), set {ALLOW_RANDOM_ENV}=1."
         ) from error
+
+
+def imagenet_weights_status() -> str:
+    """Which weights ``VGG19Features(..., weights="imagenet")`` will get in this process.
+
+    ``"ImageNet"`` when the file is in the torch hub cache or can be downloaded there now (this
+    downloads it), else the label of the seeded random fallback when
+    ``CXLIB_ALLOW_RANDOM_WEIGHTS=1``, or of the random weights ``CXLIB_VGG_WEIGHTS=random`` asks
+    for. Chapters call it first, so that their page can say which weights made its figures.
+
+    Raises:
+        WeightsUnavailableError: as :class:`VGG19Features`: no file, no network and no fallback.
+    """
+    if _forced_random():
+        return FORCED_RANDOM_LABEL
+    if imagenet_weights_path().is_file():
+        return "ImageNet"
+    if _load_imagenet_state() is None:
+        return RANDOM_LABEL
+    return "ImageNet"
 
 
 def _load_local_state(path: Path) -> dict[str, torch.Tensor]:
@@ -252,7 +288,9 @@ class VGG19Features(nn.Module):
             the cache (the message says which file to put where), with a corrupted cached file,
             or a local file that is not a matching state dict. With the environment variable
             ``CXLIB_ALLOW_RANDOM_WEIGHTS=1``, missing ImageNet weights instead give a
-            :class:`RandomWeightsWarning` (once per process) and seeded random weights.
+            :class:`RandomWeightsWarning` (once per process) and seeded random weights; with
+            ``CXLIB_VGG_WEIGHTS=random``, ``"imagenet"`` gives the seeded random weights without
+            trying to download anything.
 
     Shape:
         - Input: (B, 3, H, W), values in [0, 1].
@@ -297,6 +335,8 @@ class VGG19Features(nn.Module):
         if weights is None:
             return _random_state(self.features), False, f"random (seed {RANDOM_SEED})"
         if isinstance(weights, str) and weights == "imagenet":
+            if _forced_random():
+                return _random_state(self.features), False, FORCED_RANDOM_LABEL
             state = _load_imagenet_state()
             if state is None:
                 if not _warned_random:
@@ -308,7 +348,7 @@ class VGG19Features(nn.Module):
                         stacklevel=3,
                     )
                     _warned_random = True
-                return _random_state(self.features), False, f"random (seed {RANDOM_SEED}), ImageNet unavailable"
+                return _random_state(self.features), False, RANDOM_LABEL
             return _select_features_state(state, self.features, "ImageNet"), True, "ImageNet"
         if isinstance(weights, (str, os.PathLike)):
             path = Path(weights)

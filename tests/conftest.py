@@ -32,7 +32,8 @@ def _offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("CXLIB_ALLOW_RANDOM_WEIGHTS", raising=False)
+    for name in ("CXLIB_ALLOW_RANDOM_WEIGHTS", "CXLIB_VGG_WEIGHTS", "CXLIB_SEED", "CXLIB_RUNS_DIR"):
+        monkeypatch.delenv(name, raising=False)
     import cxlib.vgg
 
     monkeypatch.setattr(cxlib.vgg, "_warned_random", False)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import cxlib
 from cxlib import images
 from cxlib.plot import correspondence_field, position_colors
-from cxlib.setting import book_setting
+from cxlib.setting import book_setting, resolve_setting
 
 
 def test_load_image_is_rgb_in_unit_range():
@@ -93,16 +95,62 @@ def test_position_colours_are_distinct_and_the_identity_field_reproduces_them():
 
 
 def test_book_setting_reads_the_switch_and_seeds(monkeypatch):
+    monkeypatch.delenv("CXLIB_SETTING", raising=False)
     monkeypatch.setenv("CXLIB_FAST", "1")
     fast = book_setting(seed=3, device="cpu")
     first = torch.rand(1).item()
-    assert fast.fast and fast.choose(fast=1, full=2) == 1 and "fast setting" in fast.describe()
+    assert fast.fast and fast.choose(fast=1, full=2) == 1 and "fast setting (CXLIB_FAST=1)" in fast.describe()
     monkeypatch.setenv("CXLIB_FAST", "0")
     full = book_setting(seed=3, device="cpu")
     assert not full.fast and full.choose(fast=1, full=2) == 2 and torch.rand(1).item() == first
-    monkeypatch.delenv("CXLIB_FAST")
-    assert not book_setting(device="cpu").fast
-    assert math.isfinite(full.seed)
+    assert full.name == "full" and math.isfinite(full.seed)
+
+
+def test_the_setting_follows_the_hardware_unless_told(monkeypatch):
+    monkeypatch.delenv("CXLIB_SETTING", raising=False)
+    monkeypatch.delenv("CXLIB_FAST", raising=False)
+    assert resolve_setting(cuda_available=True) == ("full", "a CUDA GPU is present")
+    assert resolve_setting(cuda_available=False)[0] == "fast"
+    assert book_setting(device="cpu").name == "fast"  # the device the chapter computes on decides
+    monkeypatch.setenv("CXLIB_FAST", "1")
+    assert resolve_setting(cuda_available=True) == ("fast", "CXLIB_FAST=1")
+    monkeypatch.setenv("CXLIB_SETTING", "full")  # the explicit switch wins over the old one
+    assert resolve_setting(cuda_available=False) == ("full", "CXLIB_SETTING=full")
+    assert book_setting(device="cpu").describe().startswith("full setting (the paper's sizes) (CXLIB_SETTING=full) on cpu")
+    monkeypatch.setenv("CXLIB_SETTING", "Fast ")
+    assert resolve_setting(cuda_available=True)[0] == "fast"
+    monkeypatch.setenv("CXLIB_SETTING", "paper")
+    with pytest.raises(ValueError, match=r"CXLIB_SETTING must be one of \('fast', 'full'\) \(or unset\), got 'paper'"):
+        book_setting(device="cpu")
+
+
+def test_seed_override_runs_dir_and_provenance(monkeypatch, tmp_path):
+    import datetime
+
+    monkeypatch.setenv("CXLIB_SETTING", "fast")
+    monkeypatch.setenv("CXLIB_SEED", "7")
+    s = book_setting(seed=0, device="cpu")
+    drawn = torch.rand(1).item()
+    torch.manual_seed(7)
+    assert s.seed == 7 and drawn == torch.rand(1).item()
+    monkeypatch.setenv("CXLIB_SEED", "seven")
+    with pytest.raises(ValueError, match="CXLIB_SEED must be an integer, got 'seven'"):
+        book_setting(device="cpu")
+    monkeypatch.delenv("CXLIB_SEED")
+    assert book_setting(device="cpu").runs_dir("puppet") == Path("runs") / "puppet"
+    monkeypatch.setenv("CXLIB_RUNS_DIR", str(tmp_path / "drive"))
+    assert book_setting(device="cpu").runs_dir("puppet", "64px") == tmp_path / "drive" / "puppet" / "64px"
+
+    line = book_setting(device="cpu").provenance(today=datetime.date(2026, 11, 27))
+    text = str(line)
+    assert text.startswith("Made with: setting fast · device cpu · VGG19 weights not used in this chapter")
+    assert f"cxlib {cxlib.__version__}" in text and f"torch {torch.__version__}" in text
+    assert text.endswith("date 2026-11-27")
+    html = line._repr_html_()
+    assert 'class="cx-provenance"' in html and "<b>fast</b>" in html
+    monkeypatch.setenv("CXLIB_VGG_WEIGHTS", "random")
+    with_vgg = book_setting(device="cpu", uses_vgg=True)
+    assert "VGG19 weights RANDOM (seed 0; CXLIB_VGG_WEIGHTS=random)" in str(with_vgg.provenance())
 
 
 def test_edge_correlation_sees_layout_not_colour():

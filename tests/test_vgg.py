@@ -14,7 +14,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import cxlib
-from cxlib.vgg import IMAGENET_FILE, VGG19_LAYERS, imagenet_weights_path
+from cxlib.vgg import IMAGENET_FILE, VGG19_LAYERS, imagenet_weights_path, imagenet_weights_status
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -182,7 +182,7 @@ def test_offline_fallback_warns_once_and_uses_seeded_random_weights(monkeypatch)
         warnings.simplefilter("error")
         second = cxlib.VGG19Features(["conv2_2"])
     assert not first.pretrained and not second.pretrained
-    assert "ImageNet unavailable" in first.weights_source
+    assert "ImageNet weights were unavailable" in first.weights_source
     random = cxlib.VGG19Features(["conv2_2"], weights=None)
     for p, q in zip(first.parameters(), random.parameters()):
         assert torch.equal(p, q)
@@ -221,3 +221,23 @@ def test_normalisation_buffers_are_not_saved():
     vgg = cxlib.VGG19Features(["conv1_1"], weights=None)
     assert "mean" not in vgg.state_dict() and "std" not in vgg.state_dict()
     torch.testing.assert_close(vgg.mean.flatten(), MEAN.flatten())
+
+
+def test_weights_status_says_which_weights_a_chapter_gets(monkeypatch, torchvision_state):
+    _no_network(monkeypatch)
+    with pytest.raises(cxlib.WeightsUnavailableError, match="could not be downloaded"):
+        imagenet_weights_status()
+    monkeypatch.setenv("CXLIB_ALLOW_RANDOM_WEIGHTS", "1")
+    assert imagenet_weights_status().startswith("RANDOM (seed 0; the ImageNet weights were unavailable")
+    imagenet_weights_path().parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision_state, imagenet_weights_path())
+    assert imagenet_weights_status() == "ImageNet"
+    monkeypatch.setenv("CXLIB_VGG_WEIGHTS", "random")  # random on purpose, although cached
+    assert imagenet_weights_status() == "RANDOM (seed 0; CXLIB_VGG_WEIGHTS=random)"
+    vgg = cxlib.VGG19Features(["conv1_1"])
+    assert not vgg.pretrained and vgg.weights_source == imagenet_weights_status()
+    random = cxlib.VGG19Features(["conv1_1"], weights=None)
+    assert all(torch.equal(p, q) for p, q in zip(vgg.parameters(), random.parameters()))
+    monkeypatch.setenv("CXLIB_VGG_WEIGHTS", "imagenett")
+    with pytest.raises(ValueError, match="CXLIB_VGG_WEIGHTS must be 'imagenet', 'random' or unset, got 'imagenett'"):
+        imagenet_weights_status()

@@ -1,0 +1,108 @@
+"""A check of the fused kernels on the device itself before ``implementation="auto"`` uses them.
+
+The Triton kernels compile on the reader's machine, for the reader's GPU, with the reader's
+Triton: a compiler bug or an unsupported card must not break a training run, nor silently give
+wrong gradients. So before "auto" first takes the fused path on a device (once per process, per
+device, distance and dtype), :func:`fused_verdict` computes a small problem with the fused kernels
+and with the blocked path in float64, and compares values and gradients with the tolerances of
+the test suite. If the kernels fail to compile or run, or disagree, it warns once
+(:class:`FusedFallbackWarning`, with the reason) and "auto" uses the blocked path from then on.
+An explicit ``implementation="fused"`` is not checked and raises as it is.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = ["FusedFallbackWarning", "fused_verdict", "reset_fused_verdicts"]
+
+#: Tolerances of the check, as in tests/test_fused.py: values against a float64 reference, and
+#: gradients relative to the largest gradient entry.
+VALUE_RTOL = 1e-5
+GRAD_RTOL = 1e-4
+
+# (device, distance, dtype) -> None when the fused kernels passed, else why they did not.
+_verdicts: dict[tuple[str, str, str], str | None] = {}
+
+
+class FusedFallbackWarning(UserWarning):
+    """The fused kernels failed their check on this device: "auto" uses the blocked path."""
+
+
+def reset_fused_verdicts() -> None:
+    """Forget every verdict (the next "auto" call checks again)."""
+    _verdicts.clear()
+
+
+def _problem(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature maps whose sizes are not multiples of the kernels' tiles (64 positions, 32
+    channels), from a private generator (the global random state is not touched)."""
+    generator = torch.Generator().manual_seed(20181)
+    x = torch.randn(2, 70, 9, 11, generator=generator)
+    y = torch.randn(2, 70, 8, 10, generator=generator)
+    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+
+
+def _value_and_grads(x: torch.Tensor, y: torch.Tensor, distance: str, implementation: str):
+    from .contextual import contextual_similarity
+
+    x = x.detach().requires_grad_()
+    y = y.detach().requires_grad_()
+    value = contextual_similarity(x, y, band_width=0.3, distance=distance,
+                                  implementation=implementation)
+    upstream = torch.linspace(1.0, -0.5, value.shape[0], device=value.device, dtype=value.dtype)
+    grads = torch.autograd.grad(value, (x, y), upstream)
+    return value.detach(), grads
+
+
+def _disagreement(device: torch.device, distance: str, dtype: torch.dtype) -> str | None:
+    """Why the fused kernels cannot be trusted here, or None if they passed."""
+    x, y = _problem(device, dtype)
+    try:
+        value, grads = _value_and_grads(x, y, distance, "fused")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use them
+        return f"they failed to compile or run ({type(error).__name__}: {error})"
+    want_value, want_grads = _value_and_grads(x.double(), y.double(), distance, "blocked")
+    value_error = ((value.double() - want_value).abs() / want_value.abs()).max().item()
+    grad_errors = []
+    for got, want in zip(grads, want_grads):
+        scale = want.abs().max().item()
+        excess = (got.double() - want).abs() - GRAD_RTOL * (want.abs() + scale)
+        grad_errors.append(((got.double() - want).abs().max().item() / scale, excess.max().item()))
+    finite = bool(torch.isfinite(value).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+    if not finite or value_error > VALUE_RTOL or any(excess > 0 for _, excess in grad_errors):
+        worst_grad = max(error for error, _ in grad_errors)
+        return (
+            "they disagree with the blocked path on a test problem (largest relative error of "
+            f"the value {value_error:.2e}, tolerance {VALUE_RTOL:.0e}; of the gradients "
+            f"{worst_grad:.2e}, tolerance {GRAD_RTOL:.0e})"
+        )
+    return None
+
+
+def fused_verdict(device: torch.device | str, distance: str, dtype: torch.dtype) -> str | None:
+    """``None`` if the fused kernels passed their check on ``device``, else the reason they did
+    not; checked once per process for each (device, distance, dtype), with a
+    :class:`FusedFallbackWarning` the first time they fail.
+
+    The check runs with gradients enabled and autocast disabled, whatever the caller's context.
+    """
+    device = torch.device(device)
+    key = (str(device), distance, str(dtype))
+    if key not in _verdicts:
+        with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
+            reason = _disagreement(device, distance, dtype)
+        _verdicts[key] = reason
+        if reason is not None:
+            warnings.warn(
+                f"cxlib: the fused contextual-loss kernels are not used on {device} "
+                f"(distance={distance!r}, {dtype}): {reason}. implementation='auto' uses the "
+                "blocked path instead (the same values and gradients, more time and memory).",
+                FusedFallbackWarning,
+                stacklevel=2,
+            )
+    return _verdicts[key]

@@ -22,10 +22,12 @@ from ._reduction import REDUCTIONS, reduce_batch
 from .blocked import blocked_similarity
 from .distances import DISTANCES, as_point_sets, pairwise_distance, prepare_points
 from .fused import FUSED_DISTANCES, fused_available, fused_similarity
+from .fused_check import fused_verdict
 from .similarity import Term, relative_distance, similarity_from_terms, similarity_logits
 
 __all__ = [
     "AUTO_FULL_MAX_ELEMENTS",
+    "AUTO_USES_FUSED",
     "IMPLEMENTATIONS",
     "ContextualLoss",
     "ContextualMatrices",
@@ -34,11 +36,16 @@ __all__ = [
     "contextual_similarity",
 ]
 
-#: Values of ``implementation=``: ``"auto"`` picks ``"fused"`` on CUDA (when Triton is there and
-#: the distance is cosine or L2), else ``"full"`` for small problems and ``"blocked"`` above.
+#: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems and
+#: ``"blocked"`` above (and ``"fused"`` on CUDA where :data:`AUTO_USES_FUSED` allows it).
 IMPLEMENTATIONS = ("auto", "full", "blocked", "fused")
 #: ``"auto"`` uses the full path while B * Nx * N is at most this (a 16 MiB float32 matrix).
 AUTO_FULL_MAX_ELEMENTS = 1 << 22
+#: Whether ``"auto"`` may take the fused Triton kernels on CUDA. Off until a GPU benchmark shows
+#: them faster than the blocked path on cuBLAS (``python -m cxlib.gpu_check`` measures both).
+#: When on, the kernels are first checked on the device against the blocked path (see
+#: :mod:`cxlib.fused_check`) and "auto" falls back to the blocked path if they fail the check.
+AUTO_USES_FUSED = False
 
 
 @dataclass(frozen=True)
@@ -107,25 +114,45 @@ def sampled_point_sets(
     return x_points, y_points, x_index, y_index
 
 
+def _auto_fused_device(device: torch.device) -> bool:
+    """Where "auto" may consider the fused kernels: CUDA devices (never Triton's interpreter)."""
+    return device.type == "cuda" and fused_available(device)
+
+
+def _auto_implementation(terms: list[Term], settings: Settings) -> str:
+    x_points, y_points = terms[0].x_points, terms[0].y_points
+    batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
+    fusable = (AUTO_USES_FUSED and len(terms) == 1 and terms[0].distance in FUSED_DISTANCES
+               and settings.block_size is None and x_points.dtype != torch.float64)
+    if fusable and _auto_fused_device(x_points.device):
+        if fused_verdict(x_points.device, terms[0].distance, x_points.dtype) is None:
+            return "fused"
+    full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
+    return "full" if full_fits and settings.block_size is None else "blocked"
+
+
+def _check_fused_applies(terms: list[Term]) -> None:
+    if len(terms) != 1 or terms[0].distance not in FUSED_DISTANCES:
+        raise ValueError(
+            f"implementation='fused' computes one term with distance in {FUSED_DISTANCES}; "
+            f"got {[t.distance for t in terms]} (use 'blocked')"
+        )
+    device = terms[0].x_points.device
+    if not fused_available(device):
+        raise ValueError(
+            f"implementation='fused' runs Triton kernels on a CUDA device and needs Triton >= 3.0; "
+            f"got tensors on {device}. Use implementation='auto' (chooses for you), 'blocked' "
+            f"(any device, O(block_size * N) memory) or 'full' (the reference, O(N^2) memory)."
+        )
+
+
 def score_terms(terms: list[Term], settings: Settings) -> torch.Tensor:
     """CX(X, Y) per sample of the mixed terms, on the path ``settings.implementation`` asks for."""
-    batch, num_x, num_y = terms[0].x_points.shape[0], terms[0].x_points.shape[1], terms[0].y_points.shape[1]
     implementation = settings.implementation
-    single_fusable = len(terms) == 1 and terms[0].distance in FUSED_DISTANCES
     if implementation == "auto":
-        device = terms[0].x_points.device
-        if (single_fusable and device.type == "cuda" and settings.block_size is None
-                and terms[0].x_points.dtype != torch.float64 and fused_available(device)):
-            implementation = "fused"
-        else:
-            full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
-            implementation = "full" if full_fits and settings.block_size is None else "blocked"
+        implementation = _auto_implementation(terms, settings)
     if implementation == "fused":
-        if not single_fusable:
-            raise ValueError(
-                f"implementation='fused' computes one term with distance in {FUSED_DISTANCES}; "
-                f"got {[t.distance for t in terms]} (use 'blocked')"
-            )
+        _check_fused_applies(terms)
         term = terms[0]
         score = fused_similarity(term.x_points, term.y_points, distance=term.distance,
                                  band_width=settings.band_width, eps=settings.eps)
@@ -182,9 +209,10 @@ _ARGS_MATH = """
 _ARGS_COMPUTE = """        implementation: ``"full"`` holds the whole (Nx, N) matrices (the reference);
             ``"blocked"`` computes the same values and gradients in blocks of rows with
             O(block_size * N) memory; ``"fused"`` streams over tiles in Triton kernels with O(N)
-            memory (CUDA; cosine and L2; float32); ``"auto"`` takes the fused path on CUDA where
-            it applies, else the full path while B * Nx * N is at most
-            :data:`AUTO_FULL_MAX_ELEMENTS` and no ``block_size`` is given, else the blocked one.
+            memory (CUDA; cosine and L2; float32); ``"auto"`` takes the full path while
+            B * Nx * N is at most :data:`AUTO_FULL_MAX_ELEMENTS` and no ``block_size`` is given,
+            else the blocked one (and the fused one on CUDA if :data:`AUTO_USES_FUSED` is set and
+            the kernels pass their check on the device, see :mod:`cxlib.fused_check`).
         block_size: rows of the (Nx, N) matrix per block (blocked path); ``None`` picks one.
         sample_positions: if set, keep at most this many random positions of each map before
             comparing them, as the authors' code does above 65x65 (4225) positions. The same

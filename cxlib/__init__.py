@@ -50,6 +50,7 @@ from .vgg import (
 from .train import (
     StepBatches,
     TrainResult,
+    checkpoint_step,
     load_checkpoint,
     measure_step_time,
     train,
@@ -91,6 +92,7 @@ __all__ = [
     "contextual_loss",
     "contextual_matrices",
     "contextual_similarity",
+    "checkpoint_step",
     "concat_layers",
     "crn_config",
     "edge_map",

@@ -41,6 +41,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "StepBatches",
     "TrainResult",
+    "checkpoint_step",
     "load_checkpoint",
     "measure_step_time",
     "train",
@@ -149,6 +150,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     (the random generators' states must stay CPU tensors).
     """
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def checkpoint_step(run_dir: str | Path) -> int:
+    """The step of the checkpoint in ``run_dir``, 0 if there is none: how far a run has come.
+
+    Example:
+        >>> import cxlib
+        >>> cxlib.checkpoint_step("no/such/run")
+        0
+    """
+    path = Path(run_dir) / CHECKPOINT_NAME
+    return int(load_checkpoint(path)["step"]) if path.is_file() else 0
 
 
 def training_device(device: str | torch.device | None = None) -> torch.device:

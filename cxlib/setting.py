@@ -39,6 +39,7 @@ __all__ = [
     "BookSetting",
     "Provenance",
     "book_setting",
+    "glue",
     "resolve_setting",
 ]
 
@@ -157,6 +158,11 @@ class BookSetting:
         """``fast`` at the fast setting, ``full`` at the full one."""
         return fast if self.fast else full
 
+    @property
+    def device_label(self) -> str:
+        """The device and, for a GPU, its name, e.g. 'cuda:0 (Tesla T4)'."""
+        return _device_label(self.device)
+
     def describe(self) -> str:
         """One line for the chapter's output, e.g. 'fast setting (CXLIB_SETTING=fast) on cpu, seed 0'."""
         which = "fast setting" if self.fast else "full setting (the paper's sizes)"
@@ -165,12 +171,19 @@ class BookSetting:
     def runs_dir(self, *parts: str) -> Path:
         """A run directory under ``$CXLIB_RUNS_DIR`` (default ``runs``), e.g. ``runs_dir("puppet")``.
 
+        For a chapter that uses VGG19 the weights are part of the path (``runs/imagenet/...`` or
+        ``runs/random/...``): a run trained with one set of weights is never reloaded as if it
+        had been trained with the other.
+
         Example:
             >>> from cxlib.setting import book_setting
             >>> book_setting(device="cpu").runs_dir("animation", "64px").parts[-2:]
             ('animation', '64px')
         """
-        return Path(os.environ.get(RUNS_ENV) or "runs").expanduser().joinpath(*parts)
+        root = Path(os.environ.get(RUNS_ENV) or "runs").expanduser()
+        if self.vgg_weights is not None:
+            root = root / ("imagenet" if self.vgg_weights == "ImageNet" else "random")
+        return root.joinpath(*parts)
 
     def provenance(self, *, today: datetime.date | None = None) -> Provenance:
         """How this page was made: setting, device, VGG19 weights, cxlib and torch versions, date.
@@ -237,3 +250,16 @@ def book_setting(seed: int = 0, *, device: str | torch.device | None = None,
 
         weights = imagenet_weights_status()
     return BookSetting(name=name, reason=reason, device=device, seed=seed, vgg_weights=weights)
+
+
+def glue(name: str, value: object) -> None:
+    """Hand a value measured by a chapter to the page's text (myst-nb's ``glue``), where it is
+    written ``{glue:text}`name:.1f``` instead of a number typed by hand.
+
+    Nothing is shown in the notebook; where myst-nb is not installed (Colab), nothing happens.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=False)

@@ -2,12 +2,14 @@
 
     python scripts/refresh_notebooks.py [book/01_alignment.ipynb ...] [--keep-all] [--out DIR]
 
-Run it after changing a notebook. It executes each notebook with ``CXLIB_FAST=1`` and
-``CXLIB_ALLOW_RANDOM_WEIGHTS=1`` (as CI does), then keeps only the outputs of the cells marked
-``# NBVAL_CHECK_OUTPUT``: those are what ``pytest --nbval-lax`` compares, and they are written to
-print the same numbers at every setting. Other outputs are dropped so that the repository holds
-no stale figures (the published book executes the notebooks itself). ``--keep-all`` keeps every
-output; ``--out`` writes the executed notebooks to another folder instead of in place.
+Run it after changing a notebook. It executes each notebook at the fast setting with
+``CXLIB_ALLOW_RANDOM_WEIGHTS=1`` (as CI does) and a fresh, temporary ``CXLIB_RUNS_DIR`` (nothing
+trained earlier is reloaded), then keeps only the outputs of the cells marked
+``# NBVAL_CHECK_OUTPUT``: those are what ``pytest --nbval-lax`` compares, and they print only what
+holds on every machine, library version and thread count. Other outputs, and the widget state
+of progress bars, are dropped so that the repository holds no stale figures (the published book
+executes the notebooks itself). ``--keep-all`` keeps every output; ``--out`` writes the executed
+notebooks to another folder instead of in place.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +41,9 @@ def refresh(path: Path, *, keep_all: bool, out_dir: Path | None, timeout: int) -
         if not keep_all and CHECK_MARK not in cell.source:
             cell.outputs = []
             cell.execution_count = None
+        cell.metadata.pop("execution", None)  # timestamps: noise in the repository
+    if not keep_all:
+        notebook.metadata.pop("widgets", None)
     target = (out_dir / path.name) if out_dir else path
     nbformat.write(notebook, target)
     return elapsed
@@ -50,7 +56,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write executed copies here")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     args = parser.parse_args()
-    os.environ.update({"CXLIB_FAST": "1", "CXLIB_ALLOW_RANDOM_WEIGHTS": "1"})
+    os.environ.update({"CXLIB_SETTING": "fast", "CXLIB_ALLOW_RANDOM_WEIGHTS": "1",
+                       "CXLIB_RUNS_DIR": tempfile.mkdtemp(prefix="cxlib-runs-")})
     notebooks = args.notebooks or sorted((ROOT / "book").glob("*.ipynb"))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,8 @@ def test_seed_override_runs_dir_and_provenance(monkeypatch, tmp_path):
     monkeypatch.setenv("CXLIB_VGG_WEIGHTS", "random")
     with_vgg = book_setting(device="cpu", uses_vgg=True)
     assert "VGG19 weights RANDOM (seed 0; CXLIB_VGG_WEIGHTS=random)" in str(with_vgg.provenance())
+    # runs trained with other weights are never reloaded
+    assert with_vgg.runs_dir("puppet") == tmp_path / "drive" / "random" / "puppet"
 
 
 def test_edge_correlation_sees_layout_not_colour():

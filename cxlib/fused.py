@@ -19,20 +19,29 @@ Everything is float32 and the tile products use IEEE float32 (no TF32): Eq. 2 di
 small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2"``.
 
 The kernels run on CUDA; with ``TRITON_INTERPRET=1`` they also run (slowly) on the CPU, which is
-how the tests check them.
+how the tests check them. Their launch settings (tile sizes, warps, stages, register cap) come
+from ``launch_config``; :mod:`cxlib.fused_report` (``python -m cxlib.fused_report``) compiles
+every variant for sm_80 and sm_90a without a GPU and reads registers and spills from ptxas.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_DISTANCES", "fused_available", "fused_similarity"]
+__all__ = ["FUSED_DISTANCES", "KERNELS", "MIN_TRITON", "fused_available", "fused_similarity",
+           "kernel_variants", "launch_config"]
 
 #: Distances the fused kernels implement (the others use the blocked path).
 FUSED_DISTANCES = ("cosine", "l2")
+
+#: Oldest Triton the kernels compile with: ``tl.dot(..., input_precision=...)`` came in Triton 3.0
+#: (the one torch 2.4 ships).
+MIN_TRITON = (3, 0)
 
 try:
     import triton
@@ -48,10 +57,31 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def fused_available(device: torch.device | str) -> bool:
-    """Whether the fused kernels can run on ``device``: Triton importable, and a CUDA device (or
-    any device under ``TRITON_INTERPRET=1``)."""
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(3, 2, 0) from "3.2.0", "3.2.0+git1234" or "3.3.0rc1": the leading numbers."""
+    numbers = []
+    for piece in str(version).split(".")[:3]:
+        match = re.match(r"\d+", piece)
+        if match is None:
+            break
+        numbers.append(int(match.group()))
+    return tuple(numbers)
+
+
+def _triton_problem() -> str | None:
+    """Why the kernels cannot run with the Triton found here, or None when they can."""
     if triton is None:
+        return f"Triton could not be imported ({_TRITON_ERROR})"
+    version = getattr(triton, "__version__", "0")
+    if _version_tuple(version) < MIN_TRITON:
+        return f"the fused kernels need Triton >= {'.'.join(map(str, MIN_TRITON))}, found {version}"
+    return None
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """Whether the fused kernels can run on ``device``: Triton >= 3.0 importable, and a CUDA
+    device (or any device under ``TRITON_INTERPRET=1``)."""
+    if _triton_problem() is not None:
         return False
     return torch.device(device).type == "cuda" or _interpreting()
 
@@ -225,9 +255,112 @@ if triton is not None:
             tl.store(PSUM_out + b * N + cols, psum, mask=col_ok)
 
 
-_BLOCK_M = 64
-_BLOCK_N = 64
-_BLOCK_C = 32
+# Launch configuration --------------------------------------------------------------------------
+# One place for what the launches pass besides the tensors: the constexprs and Triton's launch
+# options. _FusedSimilarity launches through launch_config, and cxlib.fused_report compiles the
+# same configurations (tests/test_fused_compile.py checks registers and spills with ptxas).
+
+#: The kernels, by name.
+KERNELS = ("_row_stats", "_column_max", "_grad_x", "_grad_y")
+_GRADIENT_KERNELS = ("_grad_x", "_grad_y")
+
+_BLOCK_M = 64  # rows i of a tile
+_BLOCK_N = 64  # columns j of a tile
+_BLOCK_C = 32  # channels per step of a tile's distance product
+_BLOCK_CO_MIN = 16  # output channels per program of the gradient kernels: the channel count
+_BLOCK_CO_MAX = 64  # rounded up to a power of two, within these bounds
+
+#: Triton's launch options per kernel. The tile products are float32 FMA products (no TF32) whose
+#: operands stay in registers, so register pressure is high. Chosen with compile_report (ptxas of
+#: Triton 3.8) so that no variant spills on sm_80 or sm_90a:
+#: - num_stages=1: software pipelining (Triton's default, 3 stages) spills on sm_80;
+#: - maxnreg: ptxas otherwise aims at two programs per SM (128 registers with 8 warps, 64 with 16)
+#:   and spills to get there; maxnreg lets a program use all the registers it may;
+#: - the gradient kernels hold a (64, BLOCK_CO) accumulator as well: 16 warps, and BLOCK_CO at
+#:   most 64 (128 spills on sm_80 with 4, 8 or 16 warps).
+_OPTIONS = {
+    "_row_stats": dict(num_warps=8, num_stages=1, maxnreg=255),
+    "_column_max": dict(num_warps=8, num_stages=1, maxnreg=255),
+    "_grad_x": dict(num_warps=16, num_stages=1, maxnreg=128),
+    "_grad_y": dict(num_warps=16, num_stages=1, maxnreg=128),
+}
+#: Keys of launch_config's dict that are launch options (the others are the kernels' constexprs).
+_OPTION_NAMES = ("num_warps", "num_stages", "maxnreg")
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def launch_config(kernel: str, channels: int, distance: str) -> dict:
+    """The constexprs and launch options with which ``kernel`` (a name in :data:`KERNELS`) is
+    launched for points with ``channels`` channels and ``distance``: ``IS_L2``, ``BLOCK_M``,
+    ``BLOCK_N``, ``BLOCK_C``, ``BLOCK_CO`` (gradient kernels) and ``num_warps`` (with
+    ``num_stages`` and ``maxnreg`` where set), as keyword arguments of the launch.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if distance not in FUSED_DISTANCES:
+        raise ValueError(f"distance must be one of {FUSED_DISTANCES}, got {distance!r}")
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    config = dict(IS_L2=distance == "l2", BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C)
+    if kernel in _GRADIENT_KERNELS:
+        config["BLOCK_CO"] = min(_BLOCK_CO_MAX, max(_BLOCK_CO_MIN, _next_power_of_2(channels)))
+    config.update(_OPTIONS[kernel])
+    if torch.version.hip is not None:  # ROCm's "cuda" devices: Triton's AMD backend has no maxnreg
+        config.pop("maxnreg", None)
+    return config
+
+
+def _split_config(config: dict) -> tuple[dict, dict]:
+    """(constexprs, launch options) of a launch_config dict."""
+    constexprs = {k: v for k, v in config.items() if k not in _OPTION_NAMES}
+    options = {k: v for k, v in config.items() if k in _OPTION_NAMES}
+    return constexprs, options
+
+
+def _int_args(num_x: int, num_y: int, channels: int) -> dict:
+    """The kernels' integer arguments for contiguous points (B, Nx, C) and (B, N, C), the layout
+    fused_similarity makes: sizes and strides."""
+    return dict(Nx=num_x, N=num_y, C=channels, sxb=num_x * channels, sxn=channels, sxc=1,
+                syb=num_y * channels, syn=channels, syc=1)
+
+
+def _specialization(value: int) -> str:
+    """How Triton's JIT specialises an integer argument: "1" (folded into the kernel as a
+    constant), "16" (marked a multiple of 16, which allows wider memory accesses) or ""."""
+    return "1" if value == 1 else "16" if value % 16 == 0 else ""
+
+
+#: Point counts (Nx, N) that kernel_variants crosses with the channel counts: not multiples of 16
+#: (7x7 maps) and multiples of 16 (32x32 maps).
+DEFAULT_POINTS = ((49, 49), (1024, 1024))
+
+
+def kernel_variants(channels=range(1, 513), points=DEFAULT_POINTS,
+                    distances=FUSED_DISTANCES) -> list[dict]:
+    """Every distinct compilation of the kernels that the launches make for these channel counts
+    and (Nx, N) point counts: the constexprs and options of :func:`launch_config` and how Triton
+    specialises the integer arguments (sizes and strides equal to 1, or multiples of 16). One
+    dict per variant, with ``kernel``, ``distance``, ``constexprs``, ``options``, ``shape`` (an
+    example (Nx, N, C) that launches it) and ``specialization`` (the integer arguments that are 1
+    or multiples of 16, e.g. ``"C=16 sxc=1"``), in a stable order.
+    """
+    variants = {}
+    for kernel in KERNELS:
+        for distance in distances:
+            for num_x, num_y in points:
+                for c in channels:
+                    constexprs, options = _split_config(launch_config(kernel, c, distance))
+                    ints = _int_args(num_x, num_y, c)
+                    spec = " ".join(f"{k}={_specialization(v)}" for k, v in ints.items()
+                                    if _specialization(v))
+                    key = (kernel, distance, tuple(constexprs.items()), tuple(options.items()), spec)
+                    variants.setdefault(key, dict(kernel=kernel, distance=distance,
+                                                  constexprs=constexprs, options=options,
+                                                  shape=(num_x, num_y, c), specialization=spec))
+    return list(variants.values())
 
 
 def _launch_args(x: torch.Tensor, y: torch.Tensor, distance: str):
@@ -250,23 +383,35 @@ def _pair_distance(distance: str, x_rows: torch.Tensor, y_rows: torch.Tensor) ->
     return raw.clamp_min(0.0), raw >= 0
 
 
+def _on_device_of(tensor: torch.Tensor):
+    """Triton launches on the *current* CUDA device: make it the tensors' for the launch, so that
+    features on cuda:1 are not read as if they were on cuda:0."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 class _FusedSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, distance, band_width, eps):
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
-        is_l2, xn, yn, strides = _launch_args(x, y, distance)
+        _, xn, yn, strides = _launch_args(x, y, distance)
         tiny = torch.finfo(torch.float32).tiny
         m = torch.empty(batch, num_x, device=x.device, dtype=torch.float32)
         am = torch.empty(batch, num_x, device=x.device, dtype=torch.int32)
         lse = torch.empty_like(m)
         q = torch.empty_like(m)
         common = (num_x, num_y, channels, *strides, 1.0 / band_width, eps, tiny)
-        blocks = dict(IS_L2=is_l2, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C)
-        _row_stats[(triton.cdiv(num_x, _BLOCK_M), batch)](x, y, xn, yn, m, am, lse, q, *common, **blocks)
         best = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
         best_row = torch.empty(batch, num_y, device=x.device, dtype=torch.int32)
-        _column_max[(triton.cdiv(num_y, _BLOCK_N), batch)](x, y, xn, yn, m, lse, best, best_row, *common, **blocks)
+        with _on_device_of(x):
+            config = launch_config("_row_stats", channels, distance)
+            grid = (triton.cdiv(num_x, config["BLOCK_M"]), batch)
+            _row_stats[grid](x, y, xn, yn, m, am, lse, q, *common, **config)
+            config = launch_config("_column_max", channels, distance)
+            grid = (triton.cdiv(num_y, config["BLOCK_N"]), batch)
+            _column_max[grid](x, y, xn, yn, m, lse, best, best_row, *common, **config)
         ctx.save_for_backward(x, y, m, am.long(), lse, q, best, best_row.long())
         ctx.settings = (distance, band_width, eps)
         return best.mean(dim=-1)
@@ -301,23 +446,24 @@ class _FusedSimilarity(torch.autograd.Function):
         need_x, need_y = ctx.needs_input_grad[:2]
         is_l2, xn, yn, strides = _launch_args(x, y, distance)
         common = (num_x, num_y, channels, *strides, 1.0 / h, eps, tiny)
-        block_co = min(128, max(16, triton.next_power_of_2(channels)))
-        blocks = dict(IS_L2=is_l2, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C,
-                      BLOCK_CO=block_co)
         grad_x = grad_y = None
         if need_x:
             py = torch.empty(batch, num_x, channels, device=x.device, dtype=torch.float32)
             psum = torch.empty_like(m)
-            grid = (triton.cdiv(num_x, _BLOCK_M), triton.cdiv(channels, block_co), batch)
-            _grad_x[grid](x, y, xn, yn, m, lse, coef, py, psum, *common, **blocks)
+            config = launch_config("_grad_x", channels, distance)
+            grid = (triton.cdiv(num_x, config["BLOCK_M"]), triton.cdiv(channels, config["BLOCK_CO"]), batch)
+            with _on_device_of(x):
+                _grad_x[grid](x, y, xn, yn, m, lse, coef, py, psum, *common, **config)
             # Dense: cosine -P@Y; l2 2(rowsum(P) x - P@Y).
             grad_x = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
             grad_x = grad_x + _sparse_to_x(is_l2, x, y, best_row, col_value, am, row_value)
         if need_y:
             px = torch.empty(batch, num_y, channels, device=x.device, dtype=torch.float32)
             psum = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
-            grid = (triton.cdiv(num_y, _BLOCK_N), triton.cdiv(channels, block_co), batch)
-            _grad_y[grid](x, y, xn, yn, m, lse, coef, px, psum, *common, **blocks)
+            config = launch_config("_grad_y", channels, distance)
+            grid = (triton.cdiv(num_y, config["BLOCK_N"]), triton.cdiv(channels, config["BLOCK_CO"]), batch)
+            with _on_device_of(x):
+                _grad_y[grid](x, y, xn, yn, m, lse, coef, px, psum, *common, **config)
             grad_y = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
             grad_y = grad_y + _sparse_to_y(is_l2, x, y, best_row, col_value, am, row_value)
         return grad_x, grad_y, None, None, None
@@ -360,8 +506,9 @@ def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance
                      band_width: float, eps: float) -> torch.Tensor:
     """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C), (B, N, C), with the fused
     kernels. float32 in and out (other dtypes are converted)."""
-    if triton is None:
-        raise RuntimeError(f"the fused path needs Triton, which could not be imported: {_TRITON_ERROR}")
+    problem = _triton_problem()
+    if problem is not None:
+        raise RuntimeError(f"the fused path cannot run: {problem}")
     if distance not in FUSED_DISTANCES:
         raise ValueError(f"the fused path implements {FUSED_DISTANCES}, got distance={distance!r}")
     x = x_points.float().contiguous()

@@ -139,3 +139,27 @@ def test_explicit_fused_where_it_cannot_run_says_what_it_needs(monkeypatch):
     monkeypatch.setattr(contextual, "_auto_fused_device", REAL_DEVICE_RULE)
     calls = _count_checks(monkeypatch)
     assert _path_of(cxlib.contextual_loss(x, y)) == "other" and calls == []
+
+
+def test_the_kernels_launch_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: before the fix, features on cuda:1 were read
+    as if on cuda:0. Every launch now runs under the tensors' device (recorded here on the CPU,
+    where the guard is a no-op), and the guard for a CUDA tensor selects its device."""
+    entered = []
+    real = cxlib.fused._on_device_of
+
+    def recording(tensor):
+        entered.append(tensor.device)
+        return real(tensor)
+
+    monkeypatch.setattr(cxlib.fused, "_on_device_of", recording)
+    x = torch.randn(1, 5, 20, requires_grad=True)
+    y = torch.randn(1, 7, 20, requires_grad=True)
+    cxlib.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5).sum().backward()
+    assert entered == [torch.device("cpu")] * 3  # forward (both kernels), grad_x, grad_y
+
+    class FakeCudaTensor:
+        device = torch.device("cuda", 1)
+
+    guard = real(FakeCudaTensor())
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1

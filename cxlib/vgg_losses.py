@@ -126,9 +126,11 @@ class VGGContextualLoss(_VGGFeatureLoss):
 
     .. math::
 
-        \mathcal{L} = \sum_{l \in \text{target layers}} \lambda^t_l\,
+        \mathcal{L} = \sum_{l \in T} \lambda^t_l\,
         \mathcal{L}_{CX}(\Phi^l(G(s)), \Phi^l(t))
-        + \sum_{l \in \text{source layers}} \lambda^s_l\, \mathcal{L}_{CX}(\Phi^l(G(s)), \Phi^l(s))
+        + \sum_{l \in S} \lambda^s_l\, \mathcal{L}_{CX}(\Phi^l(G(s)), \Phi^l(s))
+
+    over the target layers :math:`T` and the source layers :math:`S`.
 
     The generated image goes through VGG19 once for all layers. The target's (or source's)
     features can be fixed once with :meth:`fix_target` (:meth:`fix_source`) and reused.

@@ -4,9 +4,10 @@ Run after ``bash scripts/build-book`` (``scripts/test`` does): ``pytest -m pages
 Every page of the table of contents is served from ``_build/html`` on localhost (or from
 ``$CXLIB_BOOK_HTML``) and fails on: a JavaScript error in the console, a request that failed or
 that left the machine, an image that did not load, a formula MathJax did not render (raw ``$$``,
-``\\(`` or ``\\[`` left in the text), a widget cell without its static fallback figure, a Colab
-button that does not open this chapter's notebook in the configured repository and branch, a
-page wider than a 1280-pixel window, or a chapter without its "Made with" line near the top.
+``\\(`` or ``\\[`` left in the text) or cut off at the column's edge, a widget cell without its
+static fallback figure, a Colab button that does not open this chapter's notebook in the
+configured repository and branch, a page wider than a 1280-pixel window, or a chapter without
+its "Made with" line near the top.
 It saves a full-page screenshot per page under ``_build/screenshots/`` for a person to look at.
 """
 
@@ -149,9 +150,12 @@ def test_page_in_a_browser(browser, site, name):
         }""")
         assert not raw, f"formulas left unrendered (raw {raw} in the text)"
         source = _source_text(name)
-        if "$" in source:
+        if "$" in source or ":math:" in source or "{math}" in source:
             typeset = page.evaluate("() => document.querySelectorAll('mjx-container').length")
             assert typeset > 0, "the page has formulas but MathJax rendered none"
+        clipped = page.evaluate("""() => [...document.querySelectorAll('mjx-container[display="true"]')]
+            .filter(m => m.scrollWidth > m.clientWidth + 2).map(m => m.textContent.slice(0, 60))""")
+        assert not clipped, f"display formulas wider than the text, cut off: {clipped}"
 
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= WIDTH, f"the page is {width} px wide in a {WIDTH} px window"

@@ -89,12 +89,14 @@ def fused_verdict(device: torch.device | str, distance: str, dtype: torch.dtype)
     not; checked once per process for each (device, distance, dtype), with a
     :class:`FusedFallbackWarning` the first time they fail.
 
-    The check runs with gradients enabled and autocast disabled, whatever the caller's context.
+    The check runs with gradients enabled and autocast disabled, whatever the caller's context
+    (``torch.no_grad``, ``torch.inference_mode``, an autocast region).
     """
     device = torch.device(device)
     key = (str(device), distance, str(dtype))
     if key not in _verdicts:
-        with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast(device_type=device.type, enabled=False)):
             reason = _disagreement(device, distance, dtype)
         _verdicts[key] = reason
         if reason is not None:

@@ -132,7 +132,10 @@ def check_fused_second_gpu() -> str:
 def _train_worker(run_dir: str, steps: int, kill_at: int, amp: bool) -> None:
     import cxlib
 
-    torch.use_deterministic_algorithms(True)
+    # As deterministic as CUDA allows: the CRN's bilinear upsampling has no deterministic
+    # backward on CUDA (atomic adds), so two runs may differ in the last bits, and the check
+    # compares them with a tolerance instead of exactly (the CPU test suite checks exactness).
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.manual_seed(0)
     size = 32
@@ -182,13 +185,16 @@ def check_resume() -> str:
             got = torch.load(tmp / f"killed-{tag}" / "final.pt", weights_only=True)
             if got["resumed_from"] != 6:
                 raise CheckFailed(f"{tag}: resumed from step {got['resumed_from']}, expected 6")
-            loss_diff = max(abs(a - b) for a, b in zip(got["losses"], want["losses"]))
-            param_diff = max((p - q).abs().max().item() for p, q in zip(got["params"], want["params"]))
-            if len(got["losses"]) != 10 or loss_diff > 1e-6 or param_diff > 1e-6:
-                raise CheckFailed(f"{tag}: the resumed run differs (loss by {loss_diff:.1e}, "
-                                  f"parameters by {param_diff:.1e})")
-            notes.append(f"{tag}: resumed at 6, identical to the straight run "
-                         f"(loss diff {loss_diff:.0e}, parameter diff {param_diff:.0e})")
+            loss_diff = max(abs(a - b) / abs(b) for a, b in zip(got["losses"], want["losses"]))
+            param_diff = max(((p - q).abs().max() / q.abs().max()).item()
+                             for p, q in zip(got["params"], want["params"]))
+            tolerance = 1e-3 if amp else 1e-4
+            if len(got["losses"]) != 10 or loss_diff > tolerance or param_diff > tolerance:
+                raise CheckFailed(f"{tag}: the resumed run differs from the straight one (loss by "
+                                  f"{loss_diff:.1e}, parameters by {param_diff:.1e}, relative; "
+                                  f"tolerance {tolerance:.0e})")
+            notes.append(f"{tag}: resumed at step 6, ends as the straight run (relative "
+                         f"differences: loss {loss_diff:.0e}, parameters {param_diff:.0e})")
         switched = tmp / "switched"
         for steps, amp in ((4, False), (8, True), (10, False)):
             done = _run_train_worker(switched, steps, amp=amp)
@@ -278,7 +284,9 @@ def check_chapter(notebook: str = "06_animation.ipynb") -> str:
     except ImportError as error:
         raise CheckSkipped(f"needs nbclient and nbformat ({error})") from None
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"CXLIB_SETTING": "fast", "CXLIB_RUNS_DIR": tmp, "CXLIB_ALLOW_RANDOM_WEIGHTS": "1"}
+        # The kernel runs in book/: it imports this cxlib even where it is not installed.
+        env = {"CXLIB_SETTING": "fast", "CXLIB_RUNS_DIR": tmp, "CXLIB_ALLOW_RANDOM_WEIGHTS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         started = time.perf_counter()

@@ -20,6 +20,7 @@ with which setting, device, VGG19 weights, cxlib version and date the page was m
 from __future__ import annotations
 
 import datetime
+import hashlib
 import html
 import os
 import random
@@ -168,22 +169,30 @@ class BookSetting:
         which = "fast setting" if self.fast else "full setting (the paper's sizes)"
         return f"{which} ({self.reason}) on {_device_label(self.device)}, seed {self.seed}"
 
-    def runs_dir(self, *parts: str) -> Path:
+    def runs_dir(self, *parts: str, key: object = None) -> Path:
         """A run directory under ``$CXLIB_RUNS_DIR`` (default ``runs``), e.g. ``runs_dir("puppet")``.
 
         For a chapter that uses VGG19 the weights are part of the path (``runs/imagenet/...`` or
-        ``runs/random/...``): a run trained with one set of weights is never reloaded as if it
-        had been trained with the other.
+        ``runs/random/...``), and ``key`` (what makes a checkpoint fit the run: the network's
+        configuration, the learning rate, the data) adds a short digest of its ``repr``: a run
+        trained with other weights or another configuration is never reloaded as if it were
+        this one. The number of steps belongs outside the key: a longer run continues a shorter.
 
         Example:
             >>> from cxlib.setting import book_setting
             >>> book_setting(device="cpu").runs_dir("animation", "64px").parts[-2:]
             ('animation', '64px')
+            >>> book_setting(device="cpu").runs_dir("animation", key=(0.1, [64, 32])).name
+            'animation-9973f432'
         """
         root = Path(os.environ.get(RUNS_ENV) or "runs").expanduser()
         if self.vgg_weights is not None:
             root = root / ("imagenet" if self.vgg_weights == "ImageNet" else "random")
-        return root.joinpath(*parts)
+        path = root.joinpath(*parts)
+        if key is not None:
+            digest = hashlib.sha256(repr(key).encode()).hexdigest()[:8]
+            path = path.with_name(f"{path.name}-{digest}")
+        return path
 
     def provenance(self, *, today: datetime.date | None = None) -> Provenance:
         """How this page was made: setting, device, VGG19 weights, cxlib and torch versions, date.

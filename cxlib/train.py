@@ -132,7 +132,10 @@ def _set_rng_state(state: Mapping) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run saved on more GPUs than this machine has (Colab's one, say) resumes too: the
+        # generators of the GPUs that are here get their saved states.
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved, index)
 
 
 def _save_atomically(obj: Mapping, path: Path) -> None:

@@ -145,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if setting == "full" and not cuda:
         _say("warning: the full setting without a GPU trains networks for many hours")
 
-    # The edition's own training runs: nothing trained for another edition is reloaded.
-    env = dict(os.environ, CXLIB_SETTING=setting, CXLIB_RUNS_DIR=str(folder / "runs"))
+    # The edition's own training runs (nothing trained for another edition is reloaded), and
+    # no time limit on the training cells: that limit is for readers on Colab, and a build that
+    # stopped a training early would publish (and cache) a half-trained chapter.
+    env = dict(os.environ, CXLIB_SETTING=setting, CXLIB_RUNS_DIR=str(folder / "runs"),
+               CXLIB_CELL_MINUTES="0")
     if weights == "random":
         env["CXLIB_VGG_WEIGHTS"] = "random"
     else:

@@ -64,7 +64,7 @@ def test_healthy_kernels_pass_their_check_once_and_are_used(monkeypatch):
     x, y = _features()
     with warnings.catch_warnings():
         warnings.simplefilter("error", FusedFallbackWarning)
-        with torch.no_grad():  # the check itself needs gradients, and gets them
+        with torch.inference_mode():  # the check itself needs gradients, and gets them
             cxlib.contextual_loss(x, y)
         first = cxlib.contextual_loss(x, y)
         second = cxlib.contextual_loss(x, y)

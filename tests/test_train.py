@@ -277,3 +277,18 @@ def test_measure_step_time_leaves_model_and_random_state_alone(tmp_path):
     assert 0 < seconds < 60
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_a_run_saved_on_more_gpus_resumes_on_fewer(monkeypatch):
+    """A checkpoint from a 2-GPU machine holds two CUDA generator states; Colab has one GPU.
+    Before the fix, torch.cuda.set_rng_state_all indexed a GPU that is not there."""
+    from cxlib.train import _rng_state, _set_rng_state
+
+    state = _rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=0: restored.append((device, int(s[0]))))
+    _set_rng_state(state)
+    assert restored == [(0, 0)]

@@ -226,6 +226,22 @@ def _calibrate(loss_fn: object, model: nn.Module, first_batch: Callable[[], Mapp
         loss_fn.load_calibration_state(state)
 
 
+def _prepare(model: nn.Module, loss_fn: object, batch_fn: Callable[[int], Mapping[str, torch.Tensor]],
+             device: torch.device, lr: float, amp: bool):
+    """The model and the objective on the device, Adam, the gradient scaler (used by AMP on CUDA
+    only: bfloat16 on the CPU needs none), and the batch of a step on the device."""
+    model = model.to(device)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+    def batch_of(step: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in batch_fn(step).items()}
+
+    return model, optimizer, scaler, batch_of
+
+
 def _train_step(wrapped: nn.Module, loss_fn: Callable, batch: Mapping[str, torch.Tensor],
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 device: torch.device, amp: bool) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]:
@@ -265,16 +281,9 @@ def measure_step_time(
     device = training_device(device)
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked, device_type=device.type):
-        model = copy.deepcopy(model).to(device).train()
         loss_fn = copy.deepcopy(loss_fn)
-        if isinstance(loss_fn, nn.Module):
-            loss_fn.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-
-        def batch(step: int) -> dict[str, torch.Tensor]:
-            return {k: v.to(device) for k, v in batch_fn(step).items()}
-
+        model, optimizer, scaler, batch = _prepare(copy.deepcopy(model).train(), loss_fn,
+                                                   batch_fn, device, lr, amp)
         _calibrate(loss_fn, model, lambda: batch(0), None, device, 1)
         started = 0.0
         for step in range(steps + 1):
@@ -350,15 +359,7 @@ def train(
     if rank == 0:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
 
-    model = model.to(device)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-
-    def batch_of(step: int) -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in batch_fn(step).items()}
-
+    model, optimizer, scaler, batch_of = _prepare(model, loss_fn, batch_fn, device, lr, amp)
     result = TrainResult(model=model)
     saved_objective = None
     if checkpoint_path.is_file():

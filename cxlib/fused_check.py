@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-__all__ = ["FusedFallbackWarning", "fused_verdict", "reset_fused_verdicts"]
+__all__ = ["FusedFallbackWarning", "fused_verdict", "reset_fused_verdicts", "value_and_gradients"]
 
 #: Tolerances of the check, as in tests/test_fused.py: values against a float64 reference, and
 #: gradients relative to the largest gradient entry.
@@ -45,12 +45,15 @@ def _problem(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, to
     return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
 
 
-def _value_and_grads(x: torch.Tensor, y: torch.Tensor, distance: str, implementation: str):
+def value_and_gradients(x: torch.Tensor, y: torch.Tensor, distance: str, implementation: str,
+                        *, band_width: float = 0.3):
+    """CX(X, Y) per sample and its gradients with respect to x and y, for a fixed, uneven
+    weighting of the samples (so that a wrong per-sample gradient cannot hide in a sum)."""
     from .contextual import contextual_similarity
 
     x = x.detach().requires_grad_()
     y = y.detach().requires_grad_()
-    value = contextual_similarity(x, y, band_width=0.3, distance=distance,
+    value = contextual_similarity(x, y, band_width=band_width, distance=distance,
                                   implementation=implementation)
     upstream = torch.linspace(1.0, -0.5, value.shape[0], device=value.device, dtype=value.dtype)
     grads = torch.autograd.grad(value, (x, y), upstream)
@@ -61,12 +64,12 @@ def _disagreement(device: torch.device, distance: str, dtype: torch.dtype) -> st
     """Why the fused kernels cannot be trusted here, or None if they passed."""
     x, y = _problem(device, dtype)
     try:
-        value, grads = _value_and_grads(x, y, distance, "fused")
+        value, grads = value_and_gradients(x, y, distance, "fused")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as error:  # noqa: BLE001 - any failure means: do not use them
         return f"they failed to compile or run ({type(error).__name__}: {error})"
-    want_value, want_grads = _value_and_grads(x.double(), y.double(), distance, "blocked")
+    want_value, want_grads = value_and_gradients(x.double(), y.double(), distance, "blocked")
     value_error = ((value.double() - want_value).abs() / want_value.abs()).max().item()
     grad_errors = []
     for got, want in zip(grads, want_grads):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import signal
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .fused_check import value_and_gradients
 
 __all__ = ["CHECKS", "CheckFailed", "CheckSkipped", "main", "run_check"]
 
@@ -66,17 +67,6 @@ def _errors(got_value, got_grads, want_value, want_grads) -> tuple[float, float]
     return value, grad
 
 
-def _value_and_grads(x, y, distance, implementation):
-    import cxlib
-
-    x = x.detach().requires_grad_()
-    y = y.detach().requires_grad_()
-    value = cxlib.contextual_similarity(x, y, band_width=0.5, distance=distance,
-                                        implementation=implementation)
-    upstream = torch.linspace(1.0, -0.5, value.shape[0], device=value.device, dtype=value.dtype)
-    return value.detach(), torch.autograd.grad(value, (x, y), upstream)
-
-
 def _compare_fused(device: torch.device, shapes, channels: int, *, value_rtol: float = 1e-5,
                    grad_rtol: float = 1e-4) -> list[str]:
     """Fused against float64 blocked and float32 blocked on ``device``; the worst errors per size."""
@@ -86,9 +76,10 @@ def _compare_fused(device: torch.device, shapes, channels: int, *, value_rtol: f
         x = torch.randn(2, channels, hx, wx, generator=generator).to(device)
         y = torch.randn(2, channels, hy, wy, generator=generator).to(device)
         for distance in ("cosine", "l2"):
-            fused = _value_and_grads(x, y, distance, "fused")
-            reference = _value_and_grads(x.double(), y.double(), distance, "blocked")
-            blocked = _value_and_grads(x, y, distance, "blocked")
+            fused = value_and_gradients(x, y, distance, "fused", band_width=0.5)
+            reference = value_and_gradients(x.double(), y.double(), distance, "blocked",
+                                            band_width=0.5)
+            blocked = value_and_gradients(x, y, distance, "blocked", band_width=0.5)
             ref_value, ref_grad = _errors(*fused, *reference)
             blk_value, blk_grad = _errors(*fused, *blocked)
             where = f"N={hx * wx:,}x{hy * wy:,} C={channels} {distance}"

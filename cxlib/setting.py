@@ -167,7 +167,7 @@ class BookSetting:
     def describe(self) -> str:
         """One line for the chapter's output, e.g. 'fast setting (CXLIB_SETTING=fast) on cpu, seed 0'."""
         which = "fast setting" if self.fast else "full setting (the paper's sizes)"
-        return f"{which} ({self.reason}) on {_device_label(self.device)}, seed {self.seed}"
+        return f"{which} ({self.reason}) on {self.device_label}, seed {self.seed}"
 
     def runs_dir(self, *parts: str, key: object = None) -> Path:
         """A run directory under ``$CXLIB_RUNS_DIR`` (default ``runs``), e.g. ``runs_dir("puppet")``.
@@ -210,7 +210,7 @@ class BookSetting:
         weights = self.vgg_weights if self.vgg_weights is not None else "not used in this chapter"
         return Provenance((
             ("setting", self.name),
-            ("device", _device_label(self.device)),
+            ("device", self.device_label),
             ("VGG19 weights", weights),
             ("cxlib", __version__),
             ("torch", torch.__version__),

@@ -62,13 +62,13 @@ def _say(message: str) -> None:
 
 
 def _resolve_setting(choice: str | None, cuda: bool) -> tuple[str, str]:
-    from cxlib.setting import SETTING_ENV, resolve_setting
+    from cxlib.setting import FAST_ENV, SETTING_ENV, resolve_setting
 
     if choice and choice != "auto":
         os.environ[SETTING_ENV] = choice
     elif choice == "auto":
         os.environ.pop(SETTING_ENV, None)
-        os.environ.pop("CXLIB_FAST", None)
+        os.environ.pop(FAST_ENV, None)
     return resolve_setting(cuda_available=cuda)
 
 

@@ -69,21 +69,22 @@ def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_ro
         y_all = y_points.detach().requires_grad_(needs_grad[1])
         dist = pairwise_distance(distance, x_block, y_all)
     with torch.no_grad():
-        tiny = torch.finfo(minimum.dtype).tiny
         denominator = row_denominator(minimum, eps)
-        logits = torch.div(dist, denominator).neg_().add_(1.0).div_(band_width)
-        cx = logits.sub_(lse).exp_()
+        relative = dist / denominator
+        cx = relative.neg().add_(1.0).div_(band_width).sub_(lse).exp_()
         cx_best = cx.gather(1, local_row)
         # Softmax backward: dlogit_ik = CX_ik (g_ik - sum_j g_ij CX_ij), with g sparse.
         row_dot = torch.zeros_like(minimum).squeeze(-1)
         row_dot.scatter_add_(1, local_row.squeeze(1), (grad_best * cx_best).squeeze(1))
         grad_logits = cx.mul_(-row_dot.unsqueeze(-1))
         grad_logits.scatter_add_(1, local_row, cx_best * grad_best)
-        # logit = (1 - d / denom) / h, so dlogit/ddenom = d / (h denom^2).
-        grad_denominator = torch.matmul(grad_logits.unsqueeze(-2), dist.unsqueeze(-1))
-        grad_denominator = grad_denominator.squeeze(-1) / (band_width * denominator.square())
-        # denom = max(min_k d_ik + eps, tiny); the min routes to its argmin.
-        grad_denominator *= (minimum + eps) > tiny
+        # logit = (1 - d / denom) / h, so dlogit/ddenom = (d / denom) / (h denom): written with
+        # the relative distance so that a tiny eps does not underflow denom^2 to 0.
+        grad_denominator = torch.matmul(grad_logits.unsqueeze(-2), relative.unsqueeze(-1))
+        grad_denominator = grad_denominator.squeeze(-1) / (band_width * denominator)
+        # denom = max(min_k d_ik, 0) + eps; the min routes to its argmin unless clamped (the
+        # full path's autograd through clamp_min passes the gradient at exactly 0 too).
+        grad_denominator *= minimum >= 0
         grad_dist = grad_logits.div_(-band_width * denominator)
         grad_dist.scatter_add_(-1, argmin, grad_denominator)
     wanted = [p for p, needed in zip((x_block, y_all), needs_grad) if needed]

@@ -14,7 +14,6 @@ from torch import nn
 from ._checks import (
     check_choice,
     check_feature_pair,
-    check_nonnegative,
     check_positive,
     check_positive_int,
 )
@@ -70,7 +69,7 @@ def check_settings(
 ) -> Settings:
     return Settings(
         band_width=check_positive("band_width", band_width),
-        eps=check_nonnegative("eps", eps),
+        eps=check_positive("eps", eps),
         distance=check_choice("distance", distance, DISTANCES),
         implementation=check_choice("implementation", implementation, IMPLEMENTATIONS),
         block_size=check_positive_int("block_size", block_size, allow_none=True),
@@ -202,7 +201,9 @@ _MATH = r"""
 
 _ARGS_MATH = """
         band_width: h > 0 of Eq. 3. Smaller values make the similarity more selective.
-        eps: epsilon >= 0 of Eq. 2.
+        eps: epsilon > 0 of Eq. 2. It keeps d~ finite when a generated point equals a target
+            point. Values far below the rounding error of the distances (about 1e-7 in
+            float32) make the result depend on that rounding, so 0 is refused.
         distance: ``"cosine"`` (the paper's), ``"l2"`` (squared Euclidean) or ``"l1"``.
 """
 
@@ -344,7 +345,7 @@ class ContextualLoss(nn.Module):
 
     Args:
         band_width: h > 0 of Eq. 3.
-        eps: epsilon >= 0 of Eq. 2.
+        eps: epsilon > 0 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
         implementation: ``"auto"``, ``"full"``, ``"blocked"`` or ``"fused"``.
@@ -457,7 +458,7 @@ def contextual_matrices(
         x: generated features, (C, Hx, Wx) or (1, C, Hx, Wx).
         y: target features, (C, Hy, Wy) or (1, C, Hy, Wy).
         band_width: h > 0 of Eq. 3.
-        eps: epsilon >= 0 of Eq. 2.
+        eps: epsilon > 0 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
 
     Returns:

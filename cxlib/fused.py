@@ -112,7 +112,7 @@ if triton is not None:
 
     @triton.jit
     def _tile_similarity(X, Y, XN, YN, M, LSE, b, rows, cols, row_ok, col_ok, Nx, C,
-                         sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                         sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                          IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_C: tl.constexpr):
         """CX_ij for a tile, rebuilt from the distances and the rows' saved statistics (their
@@ -122,12 +122,12 @@ if triton is not None:
                                       BLOCK_C)
         minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
         lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
-        den = tl.maximum(minimum + eps, tiny)
+        den = tl.maximum(minimum, 0.0) + eps
         return tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None]), unclamped
 
     @triton.jit
     def _row_stats(X, Y, XN, YN, M_out, AM_out, LSE_out, Q_out, Nx, N, C,
-                   sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                   sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                    IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_C: tl.constexpr):
         pid, b = tl.program_id(0), tl.program_id(1)
@@ -148,7 +148,7 @@ if triton is not None:
             better = tile_min < minimum
             minimum = tl.where(better, tile_min, minimum)
             where = tl.where(better, tile_where, where)
-        den = tl.maximum(minimum + eps, tiny)
+        den = tl.maximum(minimum, 0.0) + eps
         top = (1.0 - minimum / den) * inv_h  # the row's largest logit, at its nearest neighbour
         total = tl.zeros((BLOCK_M,), tl.float32)
         weighted = tl.zeros((BLOCK_M,), tl.float32)
@@ -169,7 +169,7 @@ if triton is not None:
 
     @triton.jit
     def _column_max(X, Y, XN, YN, M, LSE, BEST_out, ROW_out, Nx, N, C,
-                    sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                    sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                     IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_C: tl.constexpr):
         pid, b = tl.program_id(0), tl.program_id(1)
@@ -182,7 +182,7 @@ if triton is not None:
             row_ok = rows < Nx
             cx, _ = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows, cols,
                                      row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc,
-                                     inv_h, eps, tiny, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+                                     inv_h, eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
             cx = tl.where(row_ok[:, None], cx, -1.0)
             tile_best = tl.max(cx, axis=0)
             tile_row = tl.argmax(cx, axis=0).to(tl.int32) + m0
@@ -194,7 +194,7 @@ if triton is not None:
 
     @triton.jit
     def _grad_x(X, Y, XN, YN, M, LSE, COEF, GX_out, PSUM_out, Nx, N, C,
-                sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                 IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
         """(P @ Y)[rows, channel block] and the row sums of P, P_ik = CX_ik * coef_i * mask."""
@@ -211,7 +211,7 @@ if triton is not None:
             col_ok = cols < N
             cx, unclamped = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows,
                                              cols, row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb,
-                                             syn, syc, inv_h, eps, tiny, IS_L2, BLOCK_M,
+                                             syn, syc, inv_h, eps, IS_L2, BLOCK_M,
                                              BLOCK_N, BLOCK_C)
             p = tl.where(col_ok[None, :] & unclamped, cx * coef[:, None], 0.0)
             y = tl.load(Y + b * syb + cols[:, None] * syn + out_ch[None, :] * syc,
@@ -225,7 +225,7 @@ if triton is not None:
 
     @triton.jit
     def _grad_y(X, Y, XN, YN, M, LSE, COEF, GY_out, PSUM_out, Nx, N, C,
-                sxb, sxn, sxc, syb, syn, syc, inv_h, eps, tiny,
+                sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                 IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
         """(P^T @ X)[cols, channel block] and the column sums of P."""
@@ -241,7 +241,7 @@ if triton is not None:
             row_ok = rows < Nx
             cx, unclamped = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows,
                                              cols, row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb,
-                                             syn, syc, inv_h, eps, tiny, IS_L2, BLOCK_M,
+                                             syn, syc, inv_h, eps, IS_L2, BLOCK_M,
                                              BLOCK_N, BLOCK_C)
             coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
             p = tl.where(row_ok[:, None] & unclamped, cx * coef[:, None], 0.0)
@@ -397,12 +397,11 @@ class _FusedSimilarity(torch.autograd.Function):
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         _, xn, yn, strides = _launch_args(x, y, distance)
-        tiny = torch.finfo(torch.float32).tiny
         m = torch.empty(batch, num_x, device=x.device, dtype=torch.float32)
         am = torch.empty(batch, num_x, device=x.device, dtype=torch.int32)
         lse = torch.empty_like(m)
         q = torch.empty_like(m)
-        common = (num_x, num_y, channels, *strides, 1.0 / band_width, eps, tiny)
+        common = (num_x, num_y, channels, *strides, 1.0 / band_width, eps)
         best = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
         best_row = torch.empty(batch, num_y, device=x.device, dtype=torch.int32)
         with _on_device_of(x):
@@ -424,8 +423,7 @@ class _FusedSimilarity(torch.autograd.Function):
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         h = band_width
-        tiny = torch.finfo(torch.float32).tiny
-        den = (m + eps).clamp_min(tiny)
+        den = m.clamp_min(0.0) + eps
         g = (grad_score.float() / num_y).unsqueeze(-1).expand(-1, num_y)  # d score / d best_j
 
         # r_i = sum over the columns j whose best row is i of g_j CX_ij.
@@ -433,19 +431,26 @@ class _FusedSimilarity(torch.autograd.Function):
         coef = (r / (h * den)).contiguous()  # dense part of dL/dd: CX_ik * coef_i
         # Sparse part 1, the max: dL/dd at (best_row_j, j) gets -CX g_j / (h den).
         x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
-        d_best, ok_best = _pair_distance(distance, x_best, y)
+        _, ok_best = _pair_distance(distance, x_best, y)
         den_best = den.gather(1, best_row)
         col_value = -best * g / (h * den_best) * ok_best
         # Sparse part 2, the row minimum: dL/dm_i routed to (i, argmin_i).
-        t = torch.zeros_like(m).scatter_add_(1, best_row, g * best * d_best)
-        grad_den = (t - r * q) / (h * den.square())
+        # t_i = sum_j g_j CX_ij d_ij over the same columns, divided by den: d_ij / den is read
+        # back from the kernels' own CX_ij = exp((1 - d_ij / den) / h - lse_i), not recomputed,
+        # since a recomputed d_ij rounds differently and den may be as small as eps.
+        lse_best = lse.gather(1, best_row)
+        relative_best = 1.0 - h * (torch.log(best) + lse_best)
+        t_over_den = torch.zeros_like(m).scatter_add_(
+            1, best_row, torch.where(best > 0, g * best * relative_best, torch.zeros_like(best)))
+        # (t - r q) / (h den^2), as (t / den - r q / den) / (h den): den^2 may underflow.
+        grad_den = (t_over_den - r * (q / den)) / (h * den)
         y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
         _, ok_min = _pair_distance(distance, x, y_min)
-        row_value = grad_den * ((m + eps) > tiny) * ok_min
+        row_value = grad_den * (m >= 0) * ok_min
 
         need_x, need_y = ctx.needs_input_grad[:2]
         is_l2, xn, yn, strides = _launch_args(x, y, distance)
-        common = (num_x, num_y, channels, *strides, 1.0 / h, eps, tiny)
+        common = (num_x, num_y, channels, *strides, 1.0 / h, eps)
         grad_x = grad_y = None
         if need_x:
             py = torch.empty(batch, num_x, channels, device=x.device, dtype=torch.float32)

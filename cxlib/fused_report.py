@@ -29,7 +29,7 @@ DEFAULT_TARGETS = (80, 90)
 #: Pointer arguments to int32 data (the other pointers are to float32).
 _INT32_POINTERS = ("AM_out", "ROW_out")
 #: float32 scalar arguments.
-_FLOAT_ARGS = ("inv_h", "eps", "tiny")
+_FLOAT_ARGS = ("inv_h", "eps")
 #: ASTSource's ``constexprs`` argument, which this module builds, came with Triton 3.3.
 MIN_TRITON_FOR_REPORT = (3, 3)
 

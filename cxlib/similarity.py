@@ -46,11 +46,12 @@ class Term:
 
 
 def row_denominator(row_min: torch.Tensor, eps: float) -> torch.Tensor:
-    """The denominator of Eq. 2, min_k d_ik + eps, kept above zero."""
-    # With eps = 0 and a zero distance the denominator would be 0 and d~ would be 0/0; the
-    # smallest normal number keeps d~ finite (the zero distance maps to 0, the others to huge
-    # values whose weight underflows to 0, which is the limit eps -> 0).
-    return (row_min + eps).clamp_min(torch.finfo(row_min.dtype).tiny)
+    """The denominator of Eq. 2, min_k d_ik + eps, with eps > 0.
+
+    A distance is >= 0, but 1 - cos can round to a little below 0 when x_i equals y_k: the
+    minimum is taken as 0 then, so the denominator is never below eps.
+    """
+    return row_min.clamp_min(0.0) + eps
 
 
 def relative_distance(distance: torch.Tensor, eps: float) -> torch.Tensor:

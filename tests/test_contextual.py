@@ -192,13 +192,67 @@ def test_small_band_width_value_matches_reference():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
 
 
-def test_eps_zero_is_finite_with_exact_matches():
-    y = torch.randn(1, 4, 3, 3, dtype=torch.float64)
-    x = y.clone().requires_grad_()
-    for distance in DISTANCES:
-        loss = cxlib.contextual_loss(x, y, eps=0.0, distance=distance)
-        (grad,) = torch.autograd.grad(loss, x)
-        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+def _entry_points(eps, implementation):
+    """Every public entry point that takes the contextual settings, called on one pair."""
+    x, y = _pair(dtype=torch.float32)
+    both = dict(eps=eps, implementation=implementation)
+    return {
+        "contextual_loss": lambda: cxlib.contextual_loss(x, y, **both),
+        "contextual_similarity": lambda: cxlib.contextual_similarity(x, y, **both),
+        "ContextualLoss": lambda: cxlib.ContextualLoss(**both),
+        "contextual_bilateral_loss": lambda: cxlib.contextual_bilateral_loss(x, y, **both),
+        "ContextualBilateralLoss": lambda: cxlib.ContextualBilateralLoss(**both),
+        "VGGContextualLoss": lambda: cxlib.VGGContextualLoss(weights=None, **both),
+        "contextual_matrices": lambda: cxlib.contextual_matrices(x[:1], y[:1], eps=eps),
+    }
+
+
+@pytest.mark.parametrize("implementation", ["full", "blocked", "fused", "auto"])
+def test_eps_zero_is_refused_on_every_path_and_entry_point(implementation):
+    for name, call in _entry_points(0.0, implementation).items():
+        with pytest.raises(ValueError, match=r"eps must be > 0, got 0\.0"):
+            call()
+            pytest.fail(f"{name} took eps=0")
+
+
+def _available_paths():
+    from cxlib.fused import fused_available
+
+    return ["full", "blocked"] + (["fused"] if fused_available("cpu") else [])
+
+
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+def test_tiny_eps_with_exact_matches_keeps_values_and_gradients_finite(distance):
+    # x equal to y: every row's nearest distance is 0 (or rounds to a little below it for the
+    # cosine), so the denominator of Eq. 2 is eps alone. With eps = 1e-30 its square underflows
+    # float32, which made the blocked and fused backward passes return NaN.
+    y = torch.randn(1, 8, 4, 5)
+    for implementation in _available_paths():
+        x = y.clone().requires_grad_()
+        yg = y.clone().requires_grad_()
+        loss = cxlib.contextual_loss(x, yg, eps=1e-30, distance=distance,
+                                     implementation=implementation, block_size=7)
+        grad_x, grad_y = torch.autograd.grad(loss, (x, yg))
+        assert torch.isfinite(loss), implementation
+        assert 0.0 <= loss.item() <= math.log(20) + 1e-6, implementation
+        assert torch.isfinite(grad_x).all() and torch.isfinite(grad_y).all(), implementation
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_repeated_target_points_agree_on_every_path(distance):
+    # Each target point appears twice and x is the target's distinct points: every row has two
+    # nearest columns at distance 0, so CX_ij = 1/2 at both and the loss is log 2 (up to the
+    # weight of the other columns, below 1e-6 at h = 0.5).
+    y_once = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    y = torch.cat([y_once, y_once], dim=3)
+    x = y_once
+    want = -np.log(ref.contextual_similarity(x.numpy(), y.numpy(), 0.5, 1e-5, distance))
+    np.testing.assert_allclose(want, math.log(2), atol=1e-4)
+    for implementation, block_size in (("full", None), ("blocked", 1), ("blocked", 5),
+                                       ("blocked", None)):
+        got = cxlib.contextual_loss(x, y, distance=distance, reduction="none",
+                                    implementation=implementation, block_size=block_size)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, err_msg=f"{implementation} {block_size}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -322,9 +376,9 @@ class TestBadInput:
             cxlib.ContextualLoss(band_width="0.5")
 
     def test_eps_negative(self):
-        with pytest.raises(ValueError, match="eps must be >= 0, got -1e-05"):
+        with pytest.raises(ValueError, match="eps must be > 0, got -1e-05"):
             cxlib.contextual_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), eps=-1e-5)
-        with pytest.raises(ValueError, match="eps must be >= 0"):
+        with pytest.raises(ValueError, match="eps must be > 0"):
             cxlib.ContextualLoss(eps=-1.0)
 
     def test_unknown_distance(self):

@@ -13,23 +13,61 @@ def _quadratic(target):
     return lambda x: (x - target).square().sum()
 
 
-@pytest.mark.parametrize("optimizer,lr,steps", [("adam", 0.05, 300), ("lbfgs", 1.0, 20)])
+@pytest.mark.parametrize("optimizer,lr,steps", [("adam", 0.05, 300), ("lbfgs", None, 20)])
 def test_reaches_the_minimum_of_a_quadratic(optimizer, lr, steps):
     target = torch.rand(1, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     result = cxlib.optimize_image(torch.full_like(target, 0.5), _quadratic(target), steps=steps,
                                   lr=lr, optimizer=optimizer, progress=False)
     torch.testing.assert_close(result.image, target, rtol=0, atol=2e-3)
-    assert len(result.losses) == steps + 1 and result.losses[-1] < 1e-4 < result.losses[0]
+    assert 2 <= len(result.losses) <= steps + 1
+    assert result.losses[-1] < 1e-4 < result.losses[0]
     assert not result.interrupted and result.seconds > 0
+
+
+def _bounded_quadratic_optimum(a, target, low, high, iterations=20000):
+    """argmin over the box [low, high]^n of (x - t)^T A (x - t), by projected gradient descent
+    in float64 (converges for a positive definite A with step 1 / (2 lambda_max))."""
+    step = 1.0 / (2.0 * np.linalg.eigvalsh(a).max())
+    x = np.clip(target, low, high)
+    for _ in range(iterations):
+        x = np.clip(x - step * 2.0 * a @ (x - target), low, high)
+    return x
+
+
+def test_lbfgs_finds_the_bounded_optimum_when_the_unbounded_one_is_outside():
+    # A coupled quadratic whose unbounded minimum (the target) lies partly outside [0, 1]: the
+    # bounded minimum is not the clipped target, and clipping after plain L-BFGS steps misses it.
+    g = np.random.default_rng(4)
+    n = 12
+    m = g.normal(size=(n, n))
+    a = m @ m.T / n + 0.1 * np.eye(n)
+    target = g.uniform(-0.6, 1.6, size=n)
+    want = _bounded_quadratic_optimum(a, target, 0.0, 1.0)
+    assert np.abs(want - np.clip(target, 0, 1)).max() > 0.05  # the case is not trivial
+    assert ((want == 0) | (want == 1)).sum() >= 2  # bounds are active at the optimum
+    a_t, t_t = torch.from_numpy(a), torch.from_numpy(target)
+
+    def loss_fn(image):
+        r = image.double().flatten() - t_t
+        return r @ a_t @ r
+
+    result = cxlib.optimize_image(torch.full((1, 1, 3, 4), 0.5), loss_fn, steps=100,
+                                  optimizer="lbfgs", progress=False)
+    got = result.image.double().flatten().numpy()
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    assert got.min() >= 0.0 and got.max() <= 1.0
+    assert result.losses == sorted(result.losses, reverse=True)  # L-BFGS-B never goes up
 
 
 def test_pixels_are_kept_in_range_and_init_is_untouched():
     init = torch.full((1, 1, 3, 3), 0.5)
-    result = cxlib.optimize_image(init, lambda x: -x.sum(), steps=50, lr=0.1, progress=False)
-    assert torch.all(result.image == 1.0) and torch.all(init == 0.5)
-    low = cxlib.optimize_image(init, lambda x: x.sum(), steps=50, lr=0.1, value_range=(-1, 2),
-                               progress=False)
-    assert torch.all(low.image == -1.0)
+    for optimizer, lr in (("adam", 0.1), ("lbfgs", None)):
+        result = cxlib.optimize_image(init, lambda x: -x.sum(), steps=50, lr=lr,
+                                      optimizer=optimizer, progress=False)
+        assert torch.all(result.image == 1.0) and torch.all(init == 0.5), optimizer
+        low = cxlib.optimize_image(init, lambda x: x.sum(), steps=50, lr=lr, value_range=(-1, 2),
+                                   optimizer=optimizer, progress=False)
+        assert torch.all(low.image == -1.0), optimizer
 
 
 def test_snapshots_callback_and_determinism():
@@ -68,6 +106,10 @@ def test_bad_arguments():
         cxlib.optimize_image(x, lambda i: i.sum(), steps=0, lr=0.1)
     with pytest.raises(ValueError, match="lr must be > 0"):
         cxlib.optimize_image(x, lambda i: i.sum(), steps=1, lr=0.0)
+    with pytest.raises(ValueError, match=r"optimizer='adam' needs a learning rate: pass lr="):
+        cxlib.optimize_image(x, lambda i: i.sum(), steps=1)
+    with pytest.raises(ValueError, match=r"takes no lr, got lr=1\.0: pass lr=None"):
+        cxlib.optimize_image(x, lambda i: i.sum(), steps=1, lr=1.0, optimizer="lbfgs")
     with pytest.raises(ValueError, match="value_range must be"):
         cxlib.optimize_image(x, lambda i: i.sum(), steps=1, lr=0.1, value_range=(1, 0))
     with pytest.raises(ValueError, match="loss_fn must return a scalar tensor"):
@@ -114,3 +156,27 @@ def test_concat_layers_resizes_scales_and_stacks():
     assert cxlib.concat_layers({"a": a, "b": b}, ["b", "a"]).shape == (1, 6, 4, 4)
     with pytest.raises(ValueError, match=r"features has no layers \['c'\]"):
         cxlib.concat_layers({"a": a}, ["a", "c"])
+
+
+def test_lbfgs_interrupt_returns_the_last_iterate():
+    g = torch.Generator().manual_seed(5)
+    m = torch.randn(48, 48, generator=g)
+    a = m @ m.T / 48 + 0.01 * torch.eye(48)
+    target = torch.rand(48, generator=g)
+
+    def loss_fn(image):
+        r = image.flatten() - target
+        return r @ a @ r
+
+    seen = []
+
+    def stop_at_three(step, image, loss):
+        seen.append(image.clone())
+        if step == 3:
+            raise KeyboardInterrupt
+
+    result = cxlib.optimize_image(torch.zeros(1, 3, 4, 4), loss_fn, steps=50, optimizer="lbfgs",
+                                  callback=stop_at_three, progress=False)
+    assert result.interrupted and len(result.losses) == 4
+    torch.testing.assert_close(result.image, seen[-1], rtol=0, atol=0)
+    assert result.losses[-1] == pytest.approx(float(loss_fn(result.image)), rel=1e-6)

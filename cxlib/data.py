@@ -8,6 +8,8 @@ Every dataset returns float images (3, S, S) in [0, 1], cropped to a centred squ
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ._checks import check_positive_int, check_tensor
-from .images import misalign
+from .images import image_from_array, misalign
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -33,7 +35,7 @@ __all__ = [
     "write_video",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -47,20 +49,12 @@ def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     return resized[0].clamp(0.0, 1.0)
 
 
-def _to_tensor(array) -> torch.Tensor:
-    image = torch.as_tensor(array)
-    if image.dim() == 2:
-        image = image.unsqueeze(-1).expand(-1, -1, 3)
-    image = image[..., :3].permute(2, 0, 1)
-    scale = 255.0 if image.dtype == torch.uint8 else 1.0
-    return image.float() / scale
-
-
 def read_image_file(path: str | Path, size: int) -> torch.Tensor:
-    """One image file as (3, size, size) in [0, 1]."""
+    """One image file as (3, size, size) in [0, 1]: 8- or 16-bit, float, grey, RGB(A) or palette
+    (see :func:`cxlib.images.image_from_array`); the first frame of an animation."""
     import imageio.v3 as iio
 
-    return square_resize(_to_tensor(iio.imread(path)), size)
+    return square_resize(image_from_array(iio.imread(path, index=0)), size)
 
 
 class StackedImages(Dataset):
@@ -130,7 +124,7 @@ class VideoFrames(StackedImages):
             for k, frame in enumerate(iio.imiter(path)):
                 if k % every:
                     continue
-                frames.append(square_resize(_to_tensor(frame), size))
+                frames.append(square_resize(image_from_array(frame), size))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
         except (OSError, ValueError, ImportError) as error:
@@ -191,8 +185,9 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
     """A line drawing of images (B, 3, H, W): Sobel gradient magnitude of the luminance, scaled
     to [0, 1] per image, (B, 1, H, W). The structural input of the puppet-control chapter."""
     images = check_tensor("images", images, ndim=4)
-    grey = (images * torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=images.device)
+    like = dict(dtype=images.dtype, device=images.device)
+    grey = (images * torch.tensor([0.299, 0.587, 0.114], **like).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], **like)
     kernels = torch.stack([kx, kx.T]).unsqueeze(1)
     grad = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)
     magnitude = grad.square().sum(1, keepdim=True).sqrt()
@@ -344,15 +339,24 @@ class CelebAAttribute(Dataset):
             raise ValueError(f"no CelebA faces with {attribute}={'+1' if present else '-1'} in split {split!r}")
 
     def _extract(self, archive: Path) -> None:
+        """Extract the images into a temporary folder beside the final one and rename it when
+        complete, so that an interrupted extraction never leaves an ``img_align_celeba`` folder
+        that a later run would take as complete."""
+        staging = Path(tempfile.mkdtemp(prefix=".img_align_celeba-extracting-", dir=self.root))
         try:
             with zipfile.ZipFile(archive) as zf:
-                zf.extractall(self.root)
+                zf.extractall(staging)
+            # The zip holds img_align_celeba/...; a repacked one may hold the images at its top.
+            inner = staging / "img_align_celeba"
+            (inner if inner.is_dir() else staging).rename(self.image_dir)
         except zipfile.BadZipFile as error:
             raise ValueError(
                 f"{archive} is not a valid zip file (a download cut short, or Google Drive's "
                 "'quota exceeded' page saved under that name): delete it and download it again.\n"
                 + _CELEBA_HELP.format(root=self.root)
             ) from error
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ __all__ = [
     "add_noise",
     "colour_distance",
     "edge_correlation",
+    "image_from_array",
     "load_image",
     "misalign",
     "misalignment_grid",
@@ -31,6 +33,51 @@ __all__ = [
 #: Names of the photographs (colour or grey) bundled with scikit-image that :func:`load_image` takes.
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field",
                "immunohistochemistry", "colorwheel", "brick", "grass", "gravel", "camera")
+
+
+def image_from_array(array) -> torch.Tensor:
+    """An image array as read from a file, as a (3, H, W) float32 tensor in [0, 1].
+
+    Takes what image readers (imageio, Pillow, scikit-image) return: (H, W) grey, (H, W, C) with
+    C = 1 (grey), 2 (grey and alpha), 3 (RGB) or 4 (RGBA), or (1, H, W, C) (the first frame of
+    a GIF). Integer pixels are scaled by their type's range: 8-bit by 255, 16-bit by 65535
+    (also when a reader returns 16-bit pixels as int32, as Pillow's mode "I" does), booleans are
+    0 or 1, and floating-point pixels are taken as they are. Grey is repeated over RGB and alpha
+    is dropped (as Pillow's ``convert("RGB")``). Palette images are read as RGB by the readers.
+
+    Raises:
+        ValueError: an array of another shape.
+
+    Example:
+        >>> import numpy as np, cxlib.images
+        >>> cxlib.images.image_from_array(np.full((2, 2), 65535, np.uint16)).unique().tolist()
+        [1.0]
+    """
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            "expected an image array (H, W), (H, W, C) with C in 1-4, or (1, H, W, C); "
+            f"got shape {array.shape}"
+        )
+    channels = array.shape[-1]
+    array = array[..., :1] if channels in (1, 2) else array[..., :3]
+    if array.dtype == np.bool_:
+        scaled = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        top = np.iinfo(array.dtype).max
+        if array.dtype.itemsize > 2 and array.max(initial=0) <= 65535:
+            top = 65535  # 16-bit pixels in a wider type
+        scaled = array.astype(np.float32) / np.float32(top)
+    elif np.issubdtype(array.dtype, np.floating):
+        scaled = array
+    else:
+        raise ValueError(f"expected integer, boolean or floating-point pixels, got {array.dtype}")
+    image = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32)).permute(2, 0, 1)
+    return image.expand(3, -1, -1).clamp(0.0, 1.0).contiguous()
 
 
 def load_image(name: str, size: int | Sequence[int] | None = None, *,
@@ -53,12 +100,7 @@ def load_image(name: str, size: int | Sequence[int] | None = None, *,
         import skimage.data
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("load_image needs scikit-image: pip install scikit-image") from error
-    array = getattr(skimage.data, name)()
-    image = torch.from_numpy(array.copy())
-    if image.dim() == 2:
-        image = image.unsqueeze(-1).expand(-1, -1, 3)
-    image = image[..., :3].permute(2, 0, 1).unsqueeze(0)
-    image = image.float() / (255.0 if array.dtype.kind == "u" else float(max(array.max(), 1)))
+    image = image_from_array(getattr(skimage.data, name)()).unsqueeze(0)
     if crop is not None:
         top, left, height, width = crop
         image = image[:, :, top : top + height, left : left + width]

@@ -141,3 +141,109 @@ def test_celeba_zip_is_extracted_on_first_use(tmp_path):
             zf.write(image, f"img_align_celeba/{image.name}")
     data = cxlib.CelebAAttribute(target, size=8)
     assert len(data) == 2 and (target / "img_align_celeba" / "000002.jpg").is_file()
+
+
+def _celeba_with_zip(tmp_path, names=("000001.jpg", "000002.jpg", "000003.jpg")):
+    source = tmp_path / "src"
+    _fake_celeba(source, [(n, True) for n in names], [(n, 0) for n in names])
+    target = tmp_path / "celeba"
+    target.mkdir()
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        (target / name).write_bytes((source / name).read_bytes())
+    with zipfile.ZipFile(target / "img_align_celeba.zip", "w") as zf:
+        for image in sorted((source / "img_align_celeba").iterdir()):
+            zf.write(image, f"img_align_celeba/{image.name}")
+    return target
+
+
+def test_celeba_interrupted_extraction_leaves_nothing_a_later_run_takes_as_complete(
+        tmp_path, monkeypatch):
+    target = _celeba_with_zip(tmp_path)
+    real_extract = zipfile.ZipFile._extract_member  # what extractall calls for each file
+
+    def extract_one_then_interrupt(self, *args, **kwargs):
+        real_extract(self, *args, **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C (or a killed kernel) after the first file
+
+    monkeypatch.setattr(zipfile.ZipFile, "_extract_member", extract_one_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        cxlib.CelebAAttribute(target, size=8)
+    assert not (target / "img_align_celeba").exists()
+    assert [p.name for p in target.iterdir() if p.is_dir()] == []  # the staging folder is gone
+    monkeypatch.setattr(zipfile.ZipFile, "_extract_member", real_extract)
+    data = cxlib.CelebAAttribute(target, size=8)
+    assert len(data) == 3
+    assert sorted(p.name for p in (target / "img_align_celeba").iterdir()) == [
+        "000001.jpg", "000002.jpg", "000003.jpg"]
+
+
+def test_celeba_a_killed_extraction_staging_folder_is_not_taken_for_the_images(tmp_path):
+    target = _celeba_with_zip(tmp_path)
+    # What a SIGKILL during extraction leaves: a staging folder with some of the images.
+    stale = target / ".img_align_celeba-extracting-dead" / "img_align_celeba"
+    stale.mkdir(parents=True)
+    (stale / "000001.jpg").write_bytes(b"partial")
+    data = cxlib.CelebAAttribute(target, size=8)
+    assert len(data) == 3 and data[2].shape == (3, 8, 8)
+
+
+def _written(tmp_path, name, array, **kwargs):
+    path = tmp_path / name
+    iio.imwrite(path, array, **kwargs)
+    return path
+
+
+def test_every_reader_takes_8_and_16_bit_float_grey_rgba_and_palette_images(tmp_path):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    rgb8 = (g.random((8, 8, 3)) * 255).astype(np.uint8)
+    grey16 = (g.random((8, 8)) * 65535).astype(np.uint16)
+    grey_float = g.random((8, 8)).astype(np.float32)
+    palette = Image.fromarray(rgb8).convert("P", palette=Image.ADAPTIVE, colors=8)
+    palette.save(tmp_path / "palette.png")
+    palette_rgb = np.asarray(palette.convert("RGB"))
+    cases = {
+        "rgb8.png": (_written(tmp_path, "rgb8.png", rgb8), rgb8 / 255.0),
+        "grey8.png": (_written(tmp_path, "grey8.png", rgb8[..., 0]), rgb8[..., :1] / 255.0),
+        "grey16.png": (_written(tmp_path, "grey16.png", grey16), grey16[..., None] / 65535.0),
+        "float.tiff": (_written(tmp_path, "float.tiff", grey_float), grey_float[..., None]),
+        "rgba.png": (_written(tmp_path, "rgba.png", np.dstack([rgb8, rgb8[..., :1]])), rgb8 / 255.0),
+        "grey_alpha.png": (_written(tmp_path, "grey_alpha.png", np.dstack([rgb8[..., 0], rgb8[..., 1]])),
+                           rgb8[..., :1] / 255.0),
+        "palette.png": (tmp_path / "palette.png", palette_rgb / 255.0),
+    }
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")  # really 16 bits
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    for name, (path, want) in cases.items():
+        want = np.broadcast_to(want, (8, 8, 3)).transpose(2, 0, 1)
+        got = cxlib.data.read_image_file(path, 8)
+        assert got.dtype == torch.float32 and 0 <= got.min() and got.max() <= 1, name
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6, err_msg=name)
+    folder = cxlib.ImageFolder(tmp_path, 8)
+    assert [p.name for p in folder.files] == sorted(cases)
+    for k, path in enumerate(folder.files):
+        want = np.broadcast_to(cases[path.name][1], (8, 8, 3)).transpose(2, 0, 1)
+        np.testing.assert_allclose(folder[k].numpy(), want, atol=1e-6, err_msg=path.name)
+    # The first frame of an animation, and a video's frames in 16 bits.
+    frames = np.stack([rgb8, 255 - rgb8])
+    gif = _written(tmp_path / "..", "anim.gif", frames, duration=100, loop=0)
+    first = cxlib.data.read_image_file(gif, 8)
+    assert first.shape == (3, 8, 8) and (first - torch.from_numpy(rgb8 / 255.0).permute(2, 0, 1).float()).abs().mean() < 0.05
+    from cxlib.images import image_from_array
+
+    np.testing.assert_allclose(image_from_array(grey16.astype(np.int32)).numpy()[0], grey16 / 65535.0,
+                               atol=1e-6)
+    assert image_from_array(np.ones((2, 2), bool)).eq(1).all()
+    with pytest.raises(ValueError, match=r"expected an image array .* got shape \(2, 2, 5\)"):
+        image_from_array(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_edge_map_and_edge_correlation_take_float64_images():
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    image[..., 4:] = 1.0
+    edges = cxlib.edge_map(image)
+    assert edges.dtype == torch.float64
+    torch.testing.assert_close(edges, cxlib.edge_map(image.float()).double())
+    corr = cxlib.images.edge_correlation(image, image)
+    assert corr.dtype == torch.float64 and corr.item() == pytest.approx(1.0)

@@ -20,7 +20,7 @@ from ._checks import (
 from ._reduction import REDUCTIONS, reduce_batch
 from .blocked import blocked_similarity
 from .distances import DISTANCES, as_point_sets, pairwise_distance, prepare_points
-from .fused import FUSED_DISTANCES, fused_available, fused_similarity
+from .fused import FUSED_DISTANCES, check_fused_size, fits_fused, fused_available, fused_similarity
 from .fused_check import fused_verdict
 from .similarity import Term, relative_distance, similarity_from_terms, similarity_logits
 
@@ -122,7 +122,8 @@ def _auto_implementation(terms: list[Term], settings: Settings) -> str:
     x_points, y_points = terms[0].x_points, terms[0].y_points
     batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
     fusable = (AUTO_USES_FUSED and len(terms) == 1 and terms[0].distance in FUSED_DISTANCES
-               and settings.block_size is None and x_points.dtype != torch.float64)
+               and settings.block_size is None and x_points.dtype != torch.float64
+               and fits_fused(x_points.shape, y_points.shape))
     if fusable and _auto_fused_device(x_points.device):
         if fused_verdict(x_points.device, terms[0].distance, x_points.dtype) is None:
             return "fused"
@@ -136,6 +137,7 @@ def _check_fused_applies(terms: list[Term]) -> None:
             f"implementation='fused' computes one term with distance in {FUSED_DISTANCES}; "
             f"got {[t.distance for t in terms]} (use 'blocked')"
         )
+    check_fused_size(terms[0].x_points.shape, terms[0].y_points.shape)
     device = terms[0].x_points.device
     if not fused_available(device):
         raise ValueError(

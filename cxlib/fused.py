@@ -27,8 +27,10 @@ every variant for sm_80 and sm_90a without a GPU and reads registers and spills 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
+from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -507,10 +509,33 @@ def _sparse_to_y(is_l2, x, y, best_row, col_value, am, row_value):
     return out
 
 
+#: The kernels index memory with 32-bit offsets (b * B_stride + i * N_stride + c): a point set
+#: (or a gradient buffer of its size) must hold fewer numbers than this.
+MAX_FUSED_ELEMENTS = 2**31 - 1
+
+
+def fits_fused(x_shape: Sequence[int], y_shape: Sequence[int]) -> bool:
+    """Whether point sets of these shapes, (B, Nx, C) and (B, N, C), fit the kernels' 32-bit
+    offsets."""
+    return max(math.prod(x_shape), math.prod(y_shape)) <= MAX_FUSED_ELEMENTS
+
+
+def check_fused_size(x_shape: Sequence[int], y_shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` for point sets too large for the kernels' 32-bit offsets."""
+    if not fits_fused(x_shape, y_shape):
+        raise ValueError(
+            f"the fused kernels use 32-bit offsets: B * N * C must be at most "
+            f"{MAX_FUSED_ELEMENTS} for both point sets, got x {tuple(x_shape)} "
+            f"({math.prod(x_shape)}) and y {tuple(y_shape)} ({math.prod(y_shape)}). "
+            f"Use implementation='blocked', or split the batch."
+        )
+
+
 def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance: str,
                      band_width: float, eps: float) -> torch.Tensor:
     """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C), (B, N, C), with the fused
     kernels. float32 in and out (other dtypes are converted)."""
+    check_fused_size(x_points.shape, y_points.shape)
     problem = _triton_problem()
     if problem is not None:
         raise RuntimeError(f"the fused path cannot run: {problem}")

@@ -90,3 +90,15 @@ def test_auto_never_picks_the_interpreter_on_the_cpu():
     x, y = _pair(1, 4, (3, 3), (3, 3))
     loss = cxlib.contextual_loss(x.requires_grad_(), y)
     assert "_FusedSimilarityBackward" not in node_names(loss)
+
+
+def test_inputs_beyond_32_bit_offsets_are_refused_not_misread():
+    # B * N * C = 2^31: one past the largest offset the kernels' int32 arithmetic can hold. The
+    # check runs on shapes before anything is allocated or launched (meta tensors hold no data).
+    big = torch.empty(2, 2**24, 64, device="meta")
+    small = torch.empty(2, 16, 64, device="meta")
+    for x, y in ((big, small), (small, big)):
+        with pytest.raises(ValueError, match=r"32-bit offsets: B \* N \* C must be at most 2147483647"):
+            cxlib.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5)
+    assert cxlib.fused.fits_fused((2, 2**24 - 1, 64), (2, 16, 64))
+    assert not cxlib.fused.fits_fused((2, 2**24, 64), (2, 16, 64))

@@ -15,6 +15,7 @@ __all__ = [
     "check_choice",
     "check_feature_pair",
     "check_finite",
+    "check_generator",
     "check_nonnegative",
     "check_positive",
     "check_positive_int",
@@ -55,6 +56,21 @@ def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def check_generator(name: str, value: object) -> torch.Generator | None:
+    """Check that ``value`` is ``None`` or a CPU ``torch.Generator`` (positions are drawn on the
+    CPU, whatever the features' device)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Generator):
+        raise TypeError(
+            f"{name} must be a torch.Generator or None, got {type(value).__name__} {value!r} "
+            "(for a seed s, pass torch.Generator().manual_seed(s))"
+        )
+    if value.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU torch.Generator, got one on {value.device}")
     return value
 
 

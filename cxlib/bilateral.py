@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_nonnegative
+from ._checks import check_choice, check_generator, check_nonnegative
 from ._reduction import REDUCTIONS, reduce_batch
 from .contextual import Settings, check_settings, sampled_point_sets, score_terms
 from .distances import prepare_points
@@ -107,7 +107,7 @@ def contextual_bilateral_loss(
         implementation: ``"auto"``, ``"full"`` or ``"blocked"`` (see :func:`cxlib.contextual_loss`).
         block_size: rows per block for the blocked path, or ``None``.
         sample_positions: keep at most this many random positions (and their coordinates).
-        generator: random generator for ``sample_positions``.
+        generator: CPU random generator for ``sample_positions`` (``None``: torch's global one).
 
     Shape:
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
@@ -123,6 +123,7 @@ def contextual_bilateral_loss(
                               sample_positions)
     weight_sp = _check_weight_sp(weight_sp)
     reduction = check_choice("reduction", reduction, REDUCTIONS)
+    generator = check_generator("generator", generator)
     similarity = _bilateral_similarity(x, y, weight_sp, settings, generator)
     return reduce_batch(-torch.log(similarity), reduction).to(x.dtype)
 
@@ -139,11 +140,14 @@ class ContextualBilateralLoss(nn.Module):
         implementation: ``"auto"``, ``"full"`` or ``"blocked"``.
         block_size: rows per block for the blocked path, or ``None``.
         sample_positions: keep at most this many random positions, or ``None``.
+        generator: CPU random generator for ``sample_positions``, kept and advanced at every
+            call (``None``: torch's global one).
     """
 
     def __init__(self, *, weight_sp: float = 0.1, band_width: float = 0.5, eps: float = 1e-5,
                  distance: str = "cosine", reduction: str = "mean", implementation: str = "auto",
-                 block_size: int | None = None, sample_positions: int | None = None) -> None:
+                 block_size: int | None = None, sample_positions: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         settings = check_settings(band_width, eps, distance, implementation, block_size,
                                   sample_positions)
@@ -152,12 +156,14 @@ class ContextualBilateralLoss(nn.Module):
         self.implementation, self.block_size = settings.implementation, settings.block_size
         self.sample_positions = settings.sample_positions
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.generator = check_generator("generator", generator)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contextual_bilateral_loss(
             x, y, weight_sp=self.weight_sp, band_width=self.band_width, eps=self.eps,
             distance=self.distance, reduction=self.reduction, implementation=self.implementation,
             block_size=self.block_size, sample_positions=self.sample_positions,
+            generator=self.generator,
         )
 
     def extra_repr(self) -> str:

@@ -14,6 +14,7 @@ from torch import nn
 from ._checks import (
     check_choice,
     check_feature_pair,
+    check_generator,
     check_positive,
     check_positive_int,
 )
@@ -221,7 +222,8 @@ _ARGS_COMPUTE = """        implementation: ``"full"`` holds the whole (Nx, N) ma
             comparing them, as the authors' code does above 65x65 (4225) positions. The same
             positions are kept in both maps when they have the same size. Exact (``None``) by
             default.
-        generator: random generator for ``sample_positions``.
+        generator: CPU random generator for ``sample_positions`` (``None``: torch's global
+            one); e.g. ``torch.Generator().manual_seed(0)`` for reproducible positions.
 """
 
 
@@ -240,6 +242,7 @@ def contextual_similarity(
     settings = check_settings(
         band_width, eps, distance, implementation, block_size, sample_positions
     )
+    generator = check_generator("generator", generator)
     return _compute_similarity(x, y, settings, generator).to(x.dtype)
 
 
@@ -296,6 +299,7 @@ def contextual_loss(
         band_width, eps, distance, implementation, block_size, sample_positions
     )
     reduction = check_choice("reduction", reduction, REDUCTIONS)
+    generator = check_generator("generator", generator)
     similarity = _compute_similarity(x, y, settings, generator)
     return reduce_batch(-torch.log(similarity), reduction).to(x.dtype)
 
@@ -353,6 +357,9 @@ class ContextualLoss(nn.Module):
         implementation: ``"auto"``, ``"full"``, ``"blocked"`` or ``"fused"``.
         block_size: rows per block for the blocked path, or ``None``.
         sample_positions: keep at most this many random positions, or ``None`` (exact).
+        generator: CPU random generator that draws the positions for ``sample_positions``, kept
+            by the module and advanced at every call, so a run seeded once is reproducible
+            (``None``: torch's global generator).
 
     Shape:
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
@@ -376,6 +383,7 @@ class ContextualLoss(nn.Module):
         implementation: str = "auto",
         block_size: int | None = None,
         sample_positions: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         settings = check_settings(
@@ -388,6 +396,7 @@ class ContextualLoss(nn.Module):
         self.implementation = settings.implementation
         self.block_size = settings.block_size
         self.sample_positions = settings.sample_positions
+        self.generator = check_generator("generator", generator)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contextual_loss(
@@ -400,6 +409,7 @@ class ContextualLoss(nn.Module):
             implementation=self.implementation,
             block_size=self.block_size,
             sample_positions=self.sample_positions,
+            generator=self.generator,
         )
 
     def extra_repr(self) -> str:

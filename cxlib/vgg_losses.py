@@ -15,7 +15,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_tensor
+from ._checks import check_choice, check_generator, check_tensor
 from ._reduction import REDUCTIONS
 from .contextual import check_settings, contextual_loss
 from .losses import gram_loss, perceptual_loss
@@ -145,6 +145,8 @@ class VGGContextualLoss(_VGGFeatureLoss):
         implementation: ``"auto"``, ``"full"`` or ``"blocked"`` (see :func:`cxlib.contextual_loss`).
         block_size: rows per block for the blocked path, or ``None``.
         sample_positions: keep at most this many random positions per map, or ``None`` (exact).
+        generator: CPU random generator for ``sample_positions``, kept and advanced at every
+            call (``None``: torch's global one).
         weights: VGG19 weights, see :class:`cxlib.VGG19Features`.
         pooling: ``"max"`` or ``"avg"``.
         vgg: an existing :class:`cxlib.VGG19Features` to share (it must compute every layer).
@@ -176,6 +178,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         implementation: str = "auto",
         block_size: int | None = None,
         sample_positions: int | None = None,
+        generator: torch.Generator | None = None,
         weights: str | os.PathLike | None = "imagenet",
         pooling: str = "max",
         vgg: VGG19Features | None = None,
@@ -192,6 +195,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         super().__init__(roles, weights, pooling, vgg)
         self.settings = settings
         self.reduction = reduction
+        self.generator = check_generator("generator", generator)
 
     def fix_target(self, target: torch.Tensor | None) -> None:
         """Compute the target's features once; later calls may omit ``target``. ``None`` clears."""
@@ -228,6 +232,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
                     implementation=self.settings.implementation,
                     block_size=self.settings.block_size,
                     sample_positions=self.settings.sample_positions,
+                    generator=self.generator,
                 )
         return out
 

@@ -66,15 +66,22 @@ def positions(height: int, width: int) -> np.ndarray:
     return np.stack([rows.ravel(), cols.ravel()], axis=1)
 
 
+def bilateral_similarity_of_points(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray,
+                                   weight_sp: float, band_width: float = 0.5, eps: float = 1e-5,
+                                   distance: str = "cosine") -> float:
+    """CoBi's CX for one sample: points x (Nx, C), y (N, C) at coordinates px (Nx, 2), py (N, 2)."""
+    feat = contextual_intermediates(x, y, band_width, eps, distance)["similarity"]
+    spatial = contextual_intermediates(px, py, band_width, eps, "l2")["similarity"]
+    mixed = (1 - weight_sp) * feat + weight_sp * spatial
+    return mixed.max(axis=0).mean()
+
+
 def bilateral_similarity(x: np.ndarray, y: np.ndarray, weight_sp: float, band_width: float = 0.5,
                          eps: float = 1e-5, distance: str = "cosine") -> np.ndarray:
     """CoBi's CX per sample: mix of feature and coordinate CX_ij before the max over i."""
     xs, ys = point_sets(np.asarray(x, np.float64)), point_sets(np.asarray(y, np.float64))
     px, py = positions(*x.shape[2:]), positions(*y.shape[2:])
-    spatial = contextual_intermediates(px, py, band_width, eps, "l2")["similarity"]
-    out = []
-    for xb, yb in zip(xs, ys):
-        feat = contextual_intermediates(xb, yb, band_width, eps, distance)["similarity"]
-        mixed = (1 - weight_sp) * feat + weight_sp * spatial
-        out.append(mixed.max(axis=0).mean())
-    return np.array(out)
+    return np.array([
+        bilateral_similarity_of_points(xb, yb, px, py, weight_sp, band_width, eps, distance)
+        for xb, yb in zip(xs, ys)
+    ])

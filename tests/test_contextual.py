@@ -401,3 +401,40 @@ class TestBadInput:
             cxlib.contextual_loss(x, x, block_size=0)
         with pytest.raises(TypeError, match="sample_positions must be an int >= 1 or None, got float"):
             cxlib.ContextualLoss(sample_positions=10.0)
+
+
+@pytest.mark.parametrize("module_class", ["ContextualLoss", "ContextualBilateralLoss"])
+def test_module_positions_follow_its_own_generator(module_class):
+    x, y = _pair(batch=2, x_size=(4, 5), y_size=(4, 5))
+    module = getattr(cxlib, module_class)(sample_positions=7,
+                                          generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(123)
+    first = module(x, y)
+    torch.manual_seed(123)  # the global seed does not decide the positions
+    second = module(x, y)
+    # Independently: the positions are randperm(20)[:7] of a generator seeded 7, drawn anew at
+    # each call, the same for x and y (same size) and for every sample.
+    g = torch.Generator().manual_seed(7)
+    want = []
+    for _ in range(2):
+        keep = torch.randperm(20, generator=g)[:7]
+        xs, ys = (t.flatten(2)[..., keep].unsqueeze(-1) for t in (x, y))
+        if module_class == "ContextualLoss":
+            want.append(cxlib.contextual_loss(xs, ys, implementation="full"))
+        else:
+            grid = ref.positions(4, 5)[keep.numpy()]
+            sim = [ref.bilateral_similarity_of_points(xb.T, yb.T, grid, grid, 0.1)
+                   for xb, yb in zip(xs[..., 0].numpy(), ys[..., 0].numpy())]
+            want.append(torch.tensor(-np.log(sim).mean(), dtype=torch.float64))
+    torch.testing.assert_close(first, want[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(second, want[1], rtol=1e-10, atol=0)
+    assert first.item() != second.item()
+
+
+def test_generator_is_checked():
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got int 3 "
+                                        r"\(for a seed s, pass torch.Generator\(\).manual_seed\(s\)\)"):
+        cxlib.ContextualLoss(sample_positions=4, generator=3)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        x, y = _pair()
+        cxlib.contextual_loss(x, y, sample_positions=4, generator="seed")

@@ -12,9 +12,11 @@ from collections.abc import Collection
 import torch
 
 __all__ = [
+    "check_all_finite",
     "check_choice",
     "check_feature_pair",
     "check_finite",
+    "check_flag",
     "check_generator",
     "check_nonnegative",
     "check_positive",
@@ -94,10 +96,32 @@ def check_finite(name: str, value: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite, got {bad} NaN or inf value(s)")
 
 
-def check_feature_pair(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
+def check_flag(name: str, value: object) -> bool:
+    """Return ``value`` after checking that it is a ``bool``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_all_finite(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the tensors that hold a NaN or an infinity.
+
+    One device synchronisation for all of them (a GPU waits for its queued work to finish):
+    the counts for the message are only computed when something is wrong.
+    """
+    flags = [torch.isfinite(t).all() for t in tensors.values()]
+    if bool(torch.stack(flags).all()):
+        return
+    for name, value in tensors.items():
+        check_finite(name, value)
+
+
+def check_feature_pair(x: object, y: object, *, finite: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check two feature maps (B, C, H, W) that are compared position against position.
 
-    Batch sizes and channel counts must agree; the spatial sizes may differ.
+    Batch sizes and channel counts must agree; the spatial sizes may differ. With ``finite``,
+    NaN and inf are refused too (one device synchronisation).
     """
     x = check_tensor("x", x, ndim=4)
     y = check_tensor("y", y, ndim=4)
@@ -119,8 +143,8 @@ def check_feature_pair(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor
             "x and y must be non-empty (batch, channels and positions >= 1), "
             f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
-    check_finite("x", x)
-    check_finite("y", y)
+    if finite:
+        check_all_finite(x=x, y=y)
     return x, y
 
 

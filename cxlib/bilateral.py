@@ -88,6 +88,7 @@ def contextual_bilateral_loss(
     block_size: int | None = None,
     sample_positions: int | None = None,
     generator: torch.Generator | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Contextual bilateral loss (CoBi): the contextual loss with a spatial term mixed in.
 
@@ -108,6 +109,8 @@ def contextual_bilateral_loss(
         block_size: rows per block for the blocked path, or ``None``.
         sample_positions: keep at most this many random positions (and their coordinates).
         generator: CPU random generator for ``sample_positions`` (``None``: torch's global one).
+        check_finite: refuse NaN and inf inputs (one device synchronisation per call); see
+            :func:`cxlib.contextual_loss`.
 
     Shape:
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
@@ -120,7 +123,7 @@ def contextual_bilateral_loss(
         True
     """
     settings = check_settings(band_width, eps, distance, implementation, block_size,
-                              sample_positions)
+                              sample_positions, check_finite)
     weight_sp = _check_weight_sp(weight_sp)
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     generator = check_generator("generator", generator)
@@ -142,28 +145,30 @@ class ContextualBilateralLoss(nn.Module):
         sample_positions: keep at most this many random positions, or ``None``.
         generator: CPU random generator for ``sample_positions``, kept and advanced at every
             call (``None``: torch's global one).
+        check_finite: refuse NaN and inf inputs (one device synchronisation per call).
     """
 
     def __init__(self, *, weight_sp: float = 0.1, band_width: float = 0.5, eps: float = 1e-5,
                  distance: str = "cosine", reduction: str = "mean", implementation: str = "auto",
                  block_size: int | None = None, sample_positions: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, check_finite: bool = True) -> None:
         super().__init__()
         settings = check_settings(band_width, eps, distance, implementation, block_size,
-                                  sample_positions)
+                                  sample_positions, check_finite)
         self.weight_sp = _check_weight_sp(weight_sp)
         self.band_width, self.eps, self.distance = settings.band_width, settings.eps, settings.distance
         self.implementation, self.block_size = settings.implementation, settings.block_size
         self.sample_positions = settings.sample_positions
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.generator = check_generator("generator", generator)
+        self.check_finite = settings.check_finite
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contextual_bilateral_loss(
             x, y, weight_sp=self.weight_sp, band_width=self.band_width, eps=self.eps,
             distance=self.distance, reduction=self.reduction, implementation=self.implementation,
             block_size=self.block_size, sample_positions=self.sample_positions,
-            generator=self.generator,
+            generator=self.generator, check_finite=self.check_finite,
         )
 
     def extra_repr(self) -> str:

@@ -14,6 +14,7 @@ from torch import nn
 from ._checks import (
     check_choice,
     check_feature_pair,
+    check_flag,
     check_generator,
     check_positive,
     check_positive_int,
@@ -58,6 +59,7 @@ class Settings:
     implementation: str
     block_size: int | None
     sample_positions: int | None
+    check_finite: bool = True
 
 
 def check_settings(
@@ -67,6 +69,7 @@ def check_settings(
     implementation: object,
     block_size: object,
     sample_positions: object,
+    check_finite: object = True,
 ) -> Settings:
     return Settings(
         band_width=check_positive("band_width", band_width),
@@ -75,6 +78,7 @@ def check_settings(
         implementation=check_choice("implementation", implementation, IMPLEMENTATIONS),
         block_size=check_positive_int("block_size", block_size, allow_none=True),
         sample_positions=check_positive_int("sample_positions", sample_positions, allow_none=True),
+        check_finite=check_flag("check_finite", check_finite),
     )
 
 
@@ -95,7 +99,7 @@ def sampled_point_sets(
     Half precision is raised to float32. With ``settings.sample_positions``, only a random subset
     of positions is kept; the kept indices of x and y are returned too (``None``: all kept).
     """
-    x, y = check_feature_pair(x, y)
+    x, y = check_feature_pair(x, y, finite=settings.check_finite)
     if x.dtype in (torch.float16, torch.bfloat16):
         # Eq. 2 divides by a small minimum distance: half precision is not enough for it.
         x, y = x.float(), y.float()
@@ -224,6 +228,10 @@ _ARGS_COMPUTE = """        implementation: ``"full"`` holds the whole (Nx, N) ma
             default.
         generator: CPU random generator for ``sample_positions`` (``None``: torch's global
             one); e.g. ``torch.Generator().manual_seed(0)`` for reproducible positions.
+        check_finite: refuse NaN and inf in ``x`` and ``y`` with a ``ValueError``. The check
+            costs one device synchronisation per call (on a GPU, the CPU waits for the queued
+            work); pass ``False`` in a training loop whose inputs are checked elsewhere, and a
+            NaN input then gives a NaN loss.
 """
 
 
@@ -238,9 +246,10 @@ def contextual_similarity(
     block_size: int | None = None,
     sample_positions: int | None = None,
     generator: torch.Generator | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     settings = check_settings(
-        band_width, eps, distance, implementation, block_size, sample_positions
+        band_width, eps, distance, implementation, block_size, sample_positions, check_finite
     )
     generator = check_generator("generator", generator)
     return _compute_similarity(x, y, settings, generator).to(x.dtype)
@@ -294,9 +303,10 @@ def contextual_loss(
     block_size: int | None = None,
     sample_positions: int | None = None,
     generator: torch.Generator | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     settings = check_settings(
-        band_width, eps, distance, implementation, block_size, sample_positions
+        band_width, eps, distance, implementation, block_size, sample_positions, check_finite
     )
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     generator = check_generator("generator", generator)
@@ -360,6 +370,8 @@ class ContextualLoss(nn.Module):
         generator: CPU random generator that draws the positions for ``sample_positions``, kept
             by the module and advanced at every call, so a run seeded once is reproducible
             (``None``: torch's global generator).
+        check_finite: refuse NaN and inf inputs (one device synchronisation per call); see
+            :func:`contextual_loss`.
 
     Shape:
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
@@ -384,10 +396,11 @@ class ContextualLoss(nn.Module):
         block_size: int | None = None,
         sample_positions: int | None = None,
         generator: torch.Generator | None = None,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         settings = check_settings(
-            band_width, eps, distance, implementation, block_size, sample_positions
+            band_width, eps, distance, implementation, block_size, sample_positions, check_finite
         )
         self.band_width = settings.band_width
         self.eps = settings.eps
@@ -397,6 +410,7 @@ class ContextualLoss(nn.Module):
         self.block_size = settings.block_size
         self.sample_positions = settings.sample_positions
         self.generator = check_generator("generator", generator)
+        self.check_finite = settings.check_finite
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contextual_loss(
@@ -410,6 +424,7 @@ class ContextualLoss(nn.Module):
             block_size=self.block_size,
             sample_positions=self.sample_positions,
             generator=self.generator,
+            check_finite=self.check_finite,
         )
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_generator, check_tensor
+from ._checks import check_all_finite, check_choice, check_flag, check_generator, check_tensor
 from ._reduction import REDUCTIONS
 from .contextual import check_settings, contextual_loss
 from .losses import gram_loss, perceptual_loss
@@ -73,6 +73,8 @@ class _VGGFeatureLoss(nn.Module):
                 raise ValueError(f"vgg does not compute the layers {missing}; it has {list(vgg.layers)}")
         self.vgg = vgg
         self._fixed: dict[str, dict[str, torch.Tensor]] = {}
+        # Whether images (and features given directly) are checked for NaN and inf.
+        self.check_finite = False
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .double() also move the fixed reference features.
@@ -89,6 +91,9 @@ class _VGGFeatureLoss(nn.Module):
         images = check_tensor(name, images, ndim=4)
         if images.shape[1] != 3:
             raise ValueError(f"{name} must be RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
+        if self.check_finite:
+            # Once per image batch, not once per layer's features: one device synchronisation.
+            check_all_finite(**{name: images})
         return images
 
     def _fix(self, role: str, images: torch.Tensor | None) -> None:
@@ -105,6 +110,8 @@ class _VGGFeatureLoss(nn.Module):
         single reference image repeated over the batch."""
         if isinstance(images, Mapping):
             features = {layer: images[layer].detach() for layer in self.roles[role]}
+            if self.check_finite:
+                check_all_finite(**{f"{role}[{layer!r}]": f for layer, f in features.items()})
         elif images is not None:
             with torch.no_grad():
                 features = self.vgg(self._images(role, images))
@@ -147,6 +154,9 @@ class VGGContextualLoss(_VGGFeatureLoss):
         sample_positions: keep at most this many random positions per map, or ``None`` (exact).
         generator: CPU random generator for ``sample_positions``, kept and advanced at every
             call (``None``: torch's global one).
+        check_finite: refuse NaN and inf in the images with a ``ValueError``: one device
+            synchronisation per image batch passed (the features are not checked again per
+            layer); ``False`` for none.
         weights: VGG19 weights, see :class:`cxlib.VGG19Features`.
         pooling: ``"max"`` or ``"avg"``.
         vgg: an existing :class:`cxlib.VGG19Features` to share (it must compute every layer).
@@ -179,6 +189,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         block_size: int | None = None,
         sample_positions: int | None = None,
         generator: torch.Generator | None = None,
+        check_finite: bool = True,
         weights: str | os.PathLike | None = "imagenet",
         pooling: str = "max",
         vgg: VGG19Features | None = None,
@@ -196,6 +207,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         self.settings = settings
         self.reduction = reduction
         self.generator = check_generator("generator", generator)
+        self.check_finite = check_flag("check_finite", check_finite)
 
     def fix_target(self, target: torch.Tensor | None) -> None:
         """Compute the target's features once; later calls may omit ``target``. ``None`` clears."""
@@ -208,8 +220,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
     def terms(self, generated: torch.Tensor, target: torch.Tensor | None = None,
               source: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Each unweighted term, keyed ``"target/<layer>"`` and ``"source/<layer>"``."""
-        return self.terms_from_features(self.vgg(self._images("generated", generated)),
-                                        target, source)
+        return self._terms(self.vgg(self._images("generated", generated)), target, source)
 
     def terms_from_features(self, features: Mapping[str, torch.Tensor],
                             target: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
@@ -218,6 +229,14 @@ class VGGContextualLoss(_VGGFeatureLoss):
         """:meth:`terms` from the generated images' features (``self.vgg``'s output), for a
         caller that needs those features for other losses too; ``target`` and ``source`` may
         likewise be images or features."""
+        if self.check_finite:
+            used = dict.fromkeys(layer for layers in self.roles.values() for layer in layers)
+            check_all_finite(**{f"features[{layer!r}]": features[layer] for layer in used})
+        return self._terms(features, target, source)
+
+    def _terms(self, features: Mapping[str, torch.Tensor],
+               target: torch.Tensor | Mapping[str, torch.Tensor] | None,
+               source: torch.Tensor | Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         batch = next(iter(features.values())).shape[0]
         out = {}
         for role, images in (("target", target), ("source", source)):
@@ -233,6 +252,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
                     block_size=self.settings.block_size,
                     sample_positions=self.settings.sample_positions,
                     generator=self.generator,
+                    check_finite=False,  # the images were checked
                 )
         return out
 

@@ -438,3 +438,25 @@ def test_generator_is_checked():
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         x, y = _pair()
         cxlib.contextual_loss(x, y, sample_positions=4, generator="seed")
+
+
+def test_check_finite_is_one_pass_per_call_and_can_be_switched_off(monkeypatch):
+    x, y = _pair(dtype=torch.float32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"x must be finite, got 1 NaN or inf value\(s\)"):
+        cxlib.contextual_loss(x, y)
+    with pytest.raises(ValueError, match=r"y must be finite"):
+        cxlib.ContextualLoss()(y, x)
+    assert torch.isnan(cxlib.contextual_loss(x, y, check_finite=False))
+    assert torch.isnan(cxlib.ContextualLoss(check_finite=False)(x, y))
+    assert torch.isnan(cxlib.contextual_bilateral_loss(x, y, check_finite=False))
+    with pytest.raises(ValueError, match=r"x must be finite"):
+        cxlib.ContextualBilateralLoss()(x, y)
+    # One synchronising bool() for both inputs when they are fine.
+    import cxlib._checks as checks
+
+    syncs = []
+    real = checks.check_finite
+    monkeypatch.setattr(checks, "check_finite", lambda *a: syncs.append(a) or real(*a))
+    cxlib.contextual_loss(y, y)
+    assert syncs == []  # the per-tensor counts are only taken on failure

@@ -112,3 +112,47 @@ def test_one_reference_image_serves_the_whole_batch(images):
     torch.testing.assert_close(single, repeated)
     with pytest.raises(ValueError, match="same batch size"):
         loss_fn(torch.cat([generated, generated[:1]]), target)
+
+
+def _count_isfinite(monkeypatch):
+    calls = []
+    real = torch.isfinite
+
+    def counting(t):
+        calls.append(tuple(t.shape))
+        return real(t)
+
+    monkeypatch.setattr(torch, "isfinite", counting)
+    return calls
+
+
+def test_vgg_contextual_loss_checks_the_images_once_per_step_not_each_layer(monkeypatch):
+    loss_fn = cxlib.VGGContextualLoss(weights=None)  # 2 target layers + 1 source layer
+    loss_fn.fix_target(torch.rand(1, 3, 32, 32))
+    loss_fn.fix_source(torch.rand(1, 3, 32, 32))
+    generated = torch.rand(2, 3, 32, 32, requires_grad=True)
+    calls = _count_isfinite(monkeypatch)
+    loss_fn(generated).backward()
+    assert calls == [(2, 3, 32, 32)]  # the generated images, once (was: x and y of each layer)
+    calls.clear()
+    cxlib.VGGContextualLoss(weights=None, check_finite=False, vgg=loss_fn.vgg)(
+        generated, torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    assert calls == []
+
+
+def test_non_finite_images_are_refused_or_propagate_when_unchecked():
+    loss_fn = cxlib.VGGContextualLoss(weights=None)
+    bad = torch.rand(1, 3, 32, 32)
+    bad[0, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"generated must be finite, got 1 NaN or inf value\(s\)"):
+        loss_fn(bad, torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"target must be finite"):
+        loss_fn(torch.rand(1, 3, 32, 32), bad, torch.rand(1, 3, 32, 32))
+    features = loss_fn.vgg(torch.rand(1, 3, 32, 32))
+    features["conv4_2"] = features["conv4_2"].clone().fill_(float("inf"))
+    with pytest.raises(ValueError, match=r"features\['conv4_2'\] must be finite"):
+        loss_fn.terms_from_features(features, torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    unchecked = cxlib.VGGContextualLoss(weights=None, check_finite=False, vgg=loss_fn.vgg)
+    assert torch.isnan(unchecked(bad, torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)))
+    with pytest.raises(TypeError, match="check_finite must be True or False, got int 1"):
+        cxlib.VGGContextualLoss(weights=None, check_finite=1)

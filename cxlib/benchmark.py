@@ -46,6 +46,7 @@ class Measurement:
     status: str
     time_ms: float = math.nan
     peak_mib: float = math.nan
+    loss: float = math.nan  # the loss of the measured pass: every path must give the same
     note: str = ""
 
 
@@ -85,16 +86,18 @@ def _worker(task: str, implementation: str, positions: int, channels: int, batch
     x = torch.randn(batch, channels, side, side, generator=generator).to(device).requires_grad_()
     y = torch.randn(batch, channels, side, side, generator=generator).to(device)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
         loss = cxlib.contextual_loss(x, y, implementation=implementation)
         loss.backward()
         x.grad = None
+        return float(loss.detach())
 
     # A small pass first, so that loading code and thread pools is not counted as memory.
     small = torch.randn(batch, channels, 8, 8, generator=generator).to(device)
     step(small.clone().requires_grad_(), small)
     del small
     try:
+        value = step(x, y)
         if task == "memory" and not device.startswith("cuda"):
             peak = _cpu_tensor_peak_mib(lambda: step(x, y))
         else:
@@ -115,7 +118,7 @@ def _worker(task: str, implementation: str, positions: int, channels: int, batch
         return Measurement(implementation, positions, channels, batch, device, "out of memory")
     return Measurement(
         implementation, positions, channels, batch, device, "ok",
-        time_ms=statistics.median(times) if times else math.nan, peak_mib=peak,
+        time_ms=statistics.median(times) if times else math.nan, peak_mib=peak, loss=value,
     )
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import numpy_reference as ref
 import pytest
 import torch
 
@@ -72,12 +74,29 @@ def test_puppet_objectives(tiny_net):
     torch.testing.assert_close(loss_cx, want, rtol=1e-5, atol=1e-6)
 
 
-def test_domain_transfer_objective(tiny_net):
-    sources, others = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-    objective = cxlib.DomainTransferObjective(weights=None)
+def test_domain_transfer_objective_is_the_sum_of_its_terms_written_out(tiny_net):
+    # L = L_CX(G(s), t) at conv3_2 and conv4_2 + L_CX(G(s), s) at conv4_2, each -log of the
+    # float64 NumPy reference's CX on the VGG features, averaged over the batch.
+    g = torch.Generator().manual_seed(3)
+    sources, others = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    objective = cxlib.DomainTransferObjective(weights=None, band_width=0.3)
     loss, logs = objective(tiny_net, {"source": sources, "target": others})
-    direct = cxlib.VGGContextualLoss(weights=None)(tiny_net(sources), others, sources)
-    torch.testing.assert_close(loss, direct, rtol=1e-5, atol=1e-6)
+    vgg = objective.loss.vgg
+    with torch.no_grad():
+        out, tgt, src = (vgg(images) for images in (tiny_net(sources), others, sources))
+
+    def cx_term(a, b):
+        return float(-np.log(ref.contextual_similarity(a.double().numpy(), b.double().numpy(),
+                                                       0.3, 1e-5, "cosine")).mean())
+
+    want = {"target/conv3_2": cx_term(out["conv3_2"], tgt["conv3_2"]),
+            "target/conv4_2": cx_term(out["conv4_2"], tgt["conv4_2"]),
+            "source/conv4_2": cx_term(out["conv4_2"], src["conv4_2"])}
+    assert logs.keys() == want.keys()
+    for key, value in want.items():
+        assert logs[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert loss.item() == pytest.approx(sum(want.values()), rel=1e-5, abs=1e-6)
+    assert loss.requires_grad
 
 
 def test_command_line_trains_and_resumes(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from ._checks import check_positive_int, check_tensor
 from .images import image_from_array, misalign
@@ -43,10 +44,8 @@ def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     _, height, width = image.shape
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = image[:, top : top + side, left : left + side].unsqueeze(0)
-    resized = F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized[0].clamp(0.0, 1.0)
+    square = image[:, top : top + side, left : left + side]
+    return TF.resize(square, [size, size], antialias=True).clamp(0.0, 1.0)
 
 
 def read_image_file(path: str | Path, size: int) -> torch.Tensor:
@@ -185,7 +184,9 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
     """A line drawing of images (B, 3, H, W): Sobel gradient magnitude of the luminance, scaled
     to [0, 1] per image, (B, 1, H, W). The structural input of the puppet-control chapter."""
     images = check_tensor("images", images, ndim=4)
-    like = dict(dtype=images.dtype, device=images.device)
+    like = {"dtype": images.dtype, "device": images.device}
+    # ITU-R 601 luma with weights summing to 1 (torchvision's rgb_to_grayscale uses 0.2989, whose
+    # sum 0.9999 leaves rounding ripples on flat white areas).
     grey = (images * torch.tensor([0.299, 0.587, 0.114], **like).view(1, 3, 1, 1)).sum(1, keepdim=True)
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], **like)
     kernels = torch.stack([kx, kx.T]).unsqueeze(1)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from ._checks import check_nonnegative, check_tensor
 
@@ -106,7 +107,7 @@ def load_image(name: str, size: int | Sequence[int] | None = None, *,
         image = image[:, :, top : top + height, left : left + width]
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
-        image = F.interpolate(image, size=hw, mode="bilinear", antialias=True, align_corners=False)
+        image = TF.resize(image, list(hw), antialias=True)
     return image.clamp(0.0, 1.0).contiguous()
 
 
@@ -191,34 +192,56 @@ def add_noise(images: torch.Tensor, sigma: float, *, generator: torch.Generator 
     return (images + check_nonnegative("sigma", sigma) * noise).clamp(0.0, 1.0)
 
 
+def _image_pairs(images: object, reference: object):
+    """(image, reference) pairs as (H, W, C) float64 NumPy arrays, for scikit-image's metrics;
+    one reference image serves a whole batch."""
+    images = check_tensor("images", images, ndim=4)
+    reference = check_tensor("reference", reference, ndim=4)
+    if images.shape[1:] != reference.shape[1:] or reference.shape[0] not in (1, images.shape[0]):
+        raise ValueError(
+            "images and reference must have the same (C, H, W) and reference one image or as "
+            f"many as images, got images {tuple(images.shape)} and reference {tuple(reference.shape)}"
+        )
+    a = images.detach().double().cpu().permute(0, 2, 3, 1).numpy()
+    b = reference.detach().double().cpu().permute(0, 2, 3, 1).numpy()
+    return [(a[k], b[k if b.shape[0] > 1 else 0]) for k in range(a.shape[0])]
+
+
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in [0, 1], per sample (B,)."""
-    mse = (images - reference).square().flatten(1).mean(1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
+    """Peak signal-to-noise ratio in dB of images in [0, 1] against a reference, per sample (B,).
+
+    scikit-image's ``peak_signal_noise_ratio`` with ``data_range=1``, so the numbers are the
+    ones other papers report: :math:`10 \\log_{10}(1 / \\mathrm{MSE})`, infinite for equal
+    images. For figures and tables: not differentiable (the images go to the CPU).
+
+    Shape:
+        - images: (B, C, H, W); reference: (B, C, H, W) or (1, C, H, W).
+        - Output: (B,), float64, on the CPU.
+    """
+    from skimage.metrics import peak_signal_noise_ratio
+
+    with np.errstate(divide="ignore"):  # equal images: inf, as scikit-image says
+        values = [peak_signal_noise_ratio(b, a, data_range=1.0) for a, b in _image_pairs(images, reference)]
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def ssim(images: torch.Tensor, reference: torch.Tensor, *, window: int = 7) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) of images in [0, 1], per sample (B,).
 
-    Uniform ``window`` x ``window`` windows, constants K1 = 0.01 and K2 = 0.03, averaged over
-    channels and valid positions (as scikit-image's ``structural_similarity`` with its defaults).
+    scikit-image's ``structural_similarity`` with ``data_range=1`` and its defaults: uniform
+    ``window`` x ``window`` windows, K1 = 0.01, K2 = 0.03, sample covariances, the mean over the
+    channels and the positions where the window fits. For figures and tables: not
+    differentiable (the images go to the CPU).
+
+    Shape:
+        - images: (B, C, H, W) with H, W >= ``window``; reference: (B, C, H, W) or (1, C, H, W).
+        - Output: (B,), float64, on the CPU.
     """
-    c1, c2 = 0.01**2, 0.03**2
-    channels = images.shape[1]
-    kernel = torch.ones(channels, 1, window, window, dtype=images.dtype, device=images.device)
-    kernel = kernel / window**2
-    # Sample covariances (divided by n - 1), as scikit-image does.
-    unbias = window**2 / (window**2 - 1)
+    from skimage.metrics import structural_similarity
 
-    def local_mean(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=channels)
-
-    mu_x, mu_y = local_mean(images), local_mean(reference)
-    var_x = unbias * (local_mean(images * images) - mu_x**2)
-    var_y = unbias * (local_mean(reference * reference) - mu_y**2)
-    cov = unbias * (local_mean(images * reference) - mu_x * mu_y)
-    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return value.flatten(1).mean(1)
+    values = [structural_similarity(b, a, data_range=1.0, channel_axis=-1, win_size=window)
+              for a, b in _image_pairs(images, reference)]
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def edge_correlation(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

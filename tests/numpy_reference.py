@@ -85,3 +85,37 @@ def bilateral_similarity(x: np.ndarray, y: np.ndarray, weight_sp: float, band_wi
         bilateral_similarity_of_points(xb, yb, px, py, weight_sp, band_width, eps, distance)
         for xb, yb in zip(xs, ys)
     ])
+
+
+def contextual_loss(x, y, band_width: float = 0.5, eps: float = 1e-5,
+                    distance: str = "cosine") -> float:
+    """-log CX(X, Y), averaged over the batch, for feature maps (B, C, H, W) (tensors or arrays);
+    one target (1, C, H, W) serves every sample."""
+    x, y = _as_array(x), _as_array(y)
+    y = np.broadcast_to(y, (x.shape[0], *y.shape[1:]))
+    return float(-np.log(contextual_similarity(x, y, band_width, eps, distance)).mean())
+
+
+def mean_absolute_difference(x, y) -> float:
+    """The L1 loss and the perceptual loss: mean |x - y| per sample, averaged over the batch."""
+    x, y = _as_array(x), _as_array(y)
+    return float(np.abs(x - np.broadcast_to(y, x.shape)).reshape(x.shape[0], -1).mean(1).mean())
+
+
+def gram_loss(x, y) -> float:
+    """Gatys et al.'s style loss, (1/4) sum (G(x) - G(y))^2 with G = F F^T / (C H W), averaged
+    over the batch; one target serves every sample."""
+    x, y = _as_array(x), _as_array(y)
+    y = np.broadcast_to(y, (x.shape[0], *y.shape[1:]))
+    out = []
+    for a, b in zip(x, y):
+        fa, fb = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        ga, gb = fa @ fa.T / fa.size, fb @ fb.T / fb.size
+        out.append(((ga - gb) ** 2).sum() / 4)
+    return float(np.mean(out))
+
+
+def _as_array(t) -> np.ndarray:
+    if hasattr(t, "detach"):
+        t = t.detach().cpu().double().numpy()
+    return np.asarray(t, np.float64)

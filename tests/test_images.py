@@ -62,18 +62,33 @@ def test_rotation_about_the_centre_keeps_the_centre():
     torch.testing.assert_close((grid[5 + 3, 5 - 2] - 5.0).norm(), d_out)
 
 
-def test_psnr_closed_form_and_ssim_against_scikit_image():
-    from skimage.metrics import structural_similarity
-
+def test_psnr_and_ssim_closed_forms():
     a = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
     b = (a + 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    mse = (a - b).square().flatten(1).mean(1)
+    mse = (a.double() - b.double()).square().flatten(1).mean(1)
     torch.testing.assert_close(images.psnr(b, a), 10 * torch.log10(1 / mse))
-    for k in range(2):
-        want = structural_similarity(a[k].permute(1, 2, 0).double().numpy(), b[k].permute(1, 2, 0).double().numpy(),
-                                     channel_axis=2, data_range=1.0)
-        assert images.ssim(b[k : k + 1].double(), a[k : k + 1].double()).item() == pytest.approx(want, rel=1e-6)
+    assert images.psnr(a, a).tolist() == [math.inf, math.inf]
+    # One reference for the batch.
+    torch.testing.assert_close(images.psnr(b, a[:1]), images.psnr(b, a[:1].expand(2, -1, -1, -1)))
+    # SSIM of constant images c1 and c2 (zero variances): (2 c1 c2 + C1) / (c1^2 + c2^2 + C1).
+    c1, c2, k1 = 0.3, 0.7, 0.01**2
+    flat = images.ssim(torch.full((1, 3, 9, 9), c1, dtype=torch.float64),
+                       torch.full((1, 3, 9, 9), c2, dtype=torch.float64))
+    assert flat.item() == pytest.approx((2 * c1 * c2 + k1) / (c1**2 + c2**2 + k1), rel=1e-9)
     assert images.ssim(a, a).tolist() == pytest.approx([1.0, 1.0])
+    # A constant image against a textured one of the same mean: the luminance factor is 1 and
+    # the structure factor is C2 / (var + C2) (sample variance, over the 7 x 7 windows).
+    textured = torch.zeros(1, 1, 7, 7, dtype=torch.float64)
+    textured[..., ::2, :] = 1.0  # rows alternate 1, 0: mean 4/7
+    mean = textured.mean().item()
+    var = textured.var(unbiased=True).item()
+    k2 = 0.03**2
+    got = images.ssim(torch.full((1, 1, 7, 7), mean, dtype=torch.float64), textured).item()
+    assert got == pytest.approx(k2 / (var + k2), rel=1e-9)
+    assert images.ssim(b, a).tolist() == pytest.approx(images.ssim(a, b).tolist())  # symmetric
+    assert all(0 < v < 1 for v in images.ssim(b, a).tolist())
+    with pytest.raises(ValueError, match=r"images and reference must have the same \(C, H, W\)"):
+        images.psnr(a, a[:, :, :10])
 
 
 def test_add_noise_has_the_requested_spread():

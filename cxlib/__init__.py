@@ -1,31 +1,31 @@
 """cxlib: the contextual loss (Mechrez, Talmi, Zelnik-Manor, ECCV 2018), exact and memory-lean.
 
-The companion package of the Contextual Loss book: the contextual loss and its bilateral
-variant, VGG19 features by layer name, raw patch features, and the losses the paper compares
-against.
+The top level holds what one uses in one's own training: the contextual loss and its bilateral
+variant (:mod:`cxlib.contextual`), VGG19 features by layer name and raw patch features
+(:mod:`cxlib.vgg`, :mod:`cxlib.patches`), the losses the paper compares against
+(:mod:`cxlib.losses`, :mod:`cxlib.mrf`, :mod:`cxlib.vgg_losses`), image optimisation
+(:mod:`cxlib.optimize`) and the paper's network (:mod:`cxlib.crn`).
+
+Two parts load only when first used: :mod:`cxlib.training` (the training loop, datasets, the
+applications' objectives and their command line) and :mod:`cxlib.book` (what only the book's
+chapters use). Neither is imported by ``import cxlib``, nor is Triton (the fused kernels load on
+first use).
 """
 
-from .apps import AnimationObjective, DomainTransferObjective, PuppetObjective
-from .bilateral import ContextualBilateralLoss, contextual_bilateral_loss, position_grid
+import importlib
+
 from .contextual import (
+    DISTANCES,
+    ContextualBilateralLoss,
     ContextualLoss,
     ContextualMatrices,
+    contextual_bilateral_loss,
     contextual_loss,
     contextual_matrices,
     contextual_similarity,
+    position_grid,
 )
 from .crn import CRN, CRN_256, crn_config
-from .data import (
-    CelebAAttribute,
-    ImageFolder,
-    StackedImages,
-    VideoFrames,
-    edge_map,
-    synthetic_faces,
-    synthetic_video,
-    write_video,
-)
-from .distances import DISTANCES
 from .losses import (
     L1Loss,
     L2Loss,
@@ -47,15 +47,6 @@ from .vgg import (
     WeightsUnavailableError,
     concat_layers,
 )
-from .train import (
-    StepBatches,
-    TrainResult,
-    checkpoint_step,
-    load_checkpoint,
-    measure_step_time,
-    train,
-    training_device,
-)
 from .vgg_losses import GramLoss, PerceptualLoss, VGGContextualLoss
 
 __version__ = "0.1.0"
@@ -65,52 +56,43 @@ __all__ = [
     "CRN_256",
     "DISTANCES",
     "VGG19_LAYERS",
-    "AnimationObjective",
-    "CelebAAttribute",
     "ContextualBilateralLoss",
     "ContextualLoss",
     "ContextualMatrices",
-    "DomainTransferObjective",
     "GramLoss",
-    "ImageFolder",
     "L1Loss",
     "L2Loss",
     "OptimizationResult",
     "PatchFeatures",
     "PerceptualLoss",
-    "PuppetObjective",
     "RandomWeightsWarning",
-    "StackedImages",
-    "StepBatches",
     "TotalVariation",
-    "TrainResult",
     "VGG19Features",
     "VGGContextualLoss",
-    "VideoFrames",
     "WeightsUnavailableError",
+    "concat_layers",
     "contextual_bilateral_loss",
     "contextual_loss",
     "contextual_matrices",
     "contextual_similarity",
-    "checkpoint_step",
-    "concat_layers",
     "crn_config",
-    "edge_map",
     "gram_loss",
     "gram_matrix",
     "l1_loss",
     "l2_loss",
-    "load_checkpoint",
-    "measure_step_time",
     "mrf_loss",
     "optimize_image",
     "patch_features",
     "perceptual_loss",
     "position_grid",
-    "synthetic_faces",
-    "synthetic_video",
     "total_variation",
-    "train",
-    "training_device",
-    "write_video",
 ]
+
+# Subpackages and tools that ``cxlib.<name>`` loads on first use (PEP 562).
+_LAZY = ("book", "training", "benchmark", "gpu_check")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'cxlib' has no attribute {name!r}")

@@ -33,6 +33,9 @@ def crn_config(output_size: int = 256, *, wide: int = 512, narrow: int = 256,
         narrow: channels of the modules from ``narrow_from`` pixels on.
         narrow_from: resolution where the width drops.
 
+    Returns:
+        ((resolution, channels), ...) from 4 pixels up to ``output_size``, for :class:`CRN`.
+
     Example:
         >>> import cxlib
         >>> cxlib.crn_config(32, wide=64, narrow=32, narrow_from=16)

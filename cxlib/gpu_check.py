@@ -10,7 +10,7 @@ are present:
 - ``resume``: a short training run killed with SIGKILL and resumed, with and without AMP, ends
   where an uninterrupted run ends; a run saved without AMP resumes with it;
 - ``ddp``: two processes with NCCL average their gradients as one process would, and the
-  documented ``torchrun ... -m cxlib.apps`` command trains (two GPUs);
+  documented ``torchrun ... -m cxlib.training`` command trains (two GPUs);
 - ``chapter``: one training chapter at the fast setting on the GPU;
 - ``benchmark``: ``cxlib.benchmark`` at N = 4,096 / 16,384 / 32,761 (C = 128) and 65,536
   (C = 64), written to ``data/benchmarks/<date>-<card>.json`` (the performance chapter draws it).
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .fused_check import value_and_gradients
+from .contextual.fused_check import value_and_gradients
 
 __all__ = ["CHECKS", "CheckFailed", "CheckSkipped", "main", "run_check"]
 
@@ -94,8 +94,8 @@ def _compare_fused(device: torch.device, shapes, channels: int, *, value_rtol: f
 
 def check_fused_vs_reference() -> str:
     _need_gpus()
-    from .fused import fused_available
-    from .fused_check import fused_verdict
+    from .contextual.fused import fused_available
+    from .contextual.fused_check import fused_verdict
 
     device = torch.device("cuda", 0)
     if not fused_available(device):
@@ -130,18 +130,18 @@ def _train_worker(run_dir: str, steps: int, kill_at: int, amp: bool) -> None:
     torch.backends.cudnn.benchmark = False
     torch.manual_seed(0)
     size = 32
-    photo = cxlib.images.load_image("astronaut", size)
-    frames = cxlib.synthetic_video(photo, 8, seed=1)
-    target = cxlib.images.load_image("chelsea", size)
-    objective = cxlib.AnimationObjective(target, kind="contextual", weights=None)
+    photo = cxlib.book.images.load_image("astronaut", size)
+    frames = cxlib.book.synthetic_video(photo, 8, seed=1)
+    target = cxlib.book.images.load_image("chelsea", size)
+    objective = cxlib.training.AnimationObjective(target, kind="contextual", weights=None)
     model = cxlib.CRN(cxlib.crn_config(size, wide=16, narrow=8, narrow_from=size))
-    batches = cxlib.StepBatches(cxlib.StackedImages(frames), 2, seed=3)
+    batches = cxlib.training.StepBatches(cxlib.training.StackedImages(frames), 2, seed=3)
 
     def callback(step, values):
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = cxlib.train(model, objective, lambda s: {"source": batches(s)}, steps=steps,
+    result = cxlib.training.train(model, objective, lambda s: {"source": batches(s)}, steps=steps,
                          run_dir=run_dir, lr=1e-3, checkpoint_every=3, amp=amp, progress=False,
                          callback=callback, device="cuda")
     torch.save({"losses": [h["loss"] for h in result.history],
@@ -200,12 +200,12 @@ _DDP_SCRIPT = '''
 import os, sys, torch, cxlib
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(8, 3, 1))
-data = cxlib.StackedImages(torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
-batches = cxlib.StepBatches(data, 2, seed=5)
+data = cxlib.training.StackedImages(torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+batches = cxlib.training.StepBatches(data, 2, seed=5)
 def loss_fn(m, b):
     out = m(b["x"])
     return cxlib.contextual_loss(out, b["x"]) + cxlib.l2_loss(out, b["x"])
-result = cxlib.train(model, loss_fn, lambda s: {"x": batches(s)}, steps=3, run_dir=sys.argv[1],
+result = cxlib.training.train(model, loss_fn, lambda s: {"x": batches(s)}, steps=3, run_dir=sys.argv[1],
                      lr=0.05, progress=False)
 assert next(model.parameters()).device == torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 if int(os.environ["RANK"]) == 0:
@@ -231,8 +231,8 @@ def check_ddp() -> str:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(),
                                     torch.nn.Conv2d(8, 3, 1)).cuda()
-        data = cxlib.StackedImages(torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
-        batches = cxlib.StepBatches(data, 2, seed=5)
+        data = cxlib.training.StackedImages(torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+        batches = cxlib.training.StepBatches(data, 2, seed=5)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
         for step in range(3):
             optimizer.zero_grad()
@@ -247,21 +247,21 @@ def check_ddp() -> str:
         if diff > 1e-4:
             raise CheckFailed(f"DDP's parameters differ from one process's by {diff:.1e}")
         # The documented command line, on two GPUs.
-        photo = cxlib.images.load_image("astronaut", 32)
-        video = cxlib.write_video(cxlib.synthetic_video(photo, 4), tmp / "clip.gif")
+        photo = cxlib.book.images.load_image("astronaut", 32)
+        video = cxlib.training.write_video(cxlib.book.synthetic_video(photo, 4), tmp / "clip.gif")
         look = tmp / "look.png"
         from torchvision.utils import save_image
 
-        save_image(cxlib.images.load_image("chelsea", 32), look)
-        command = [*torchrun, "-m", "cxlib.apps", "animation", "--video", str(video), "--target",
+        save_image(cxlib.book.images.load_image("chelsea", 32), look)
+        command = [*torchrun, "-m", "cxlib.training", "animation", "--video", str(video), "--target",
                    str(look), "--size", "32", "--steps", "4", "--weights", "random", "--amp",
                    "--run-dir", str(tmp / "apps"), "--checkpoint-every", "2", "--sample-every", "2"]
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         if done.returncode != 0:
-            raise CheckFailed(f"torchrun -m cxlib.apps failed: {done.stderr[-1200:]}")
-        if cxlib.load_checkpoint(tmp / "apps" / "checkpoint.pt")["step"] != 4:
-            raise CheckFailed("torchrun -m cxlib.apps did not reach step 4")
-    return f"NCCL, 2 ranks: parameters equal one process's to {diff:.0e}; torchrun -m cxlib.apps trained 4 steps"
+            raise CheckFailed(f"torchrun -m cxlib.training failed: {done.stderr[-1200:]}")
+        if cxlib.training.load_checkpoint(tmp / "apps" / "checkpoint.pt")["step"] != 4:
+            raise CheckFailed("torchrun -m cxlib.training did not reach step 4")
+    return f"NCCL, 2 ranks: parameters equal one process's to {diff:.0e}; torchrun -m cxlib.training trained 4 steps"
 
 
 def check_chapter(notebook: str = "06_animation.ipynb") -> str:

@@ -60,6 +60,9 @@ def l1_loss(x: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean") -> tor
         - x, y: (B, C, H, W), the same shape.
         - Output: a scalar, or (B,) with ``reduction="none"``.
 
+    Returns:
+        The loss, in the dtype of ``x``.
+
     Example:
         >>> import torch, cxlib
         >>> cxlib.l1_loss(torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, -1.0], [2.0, 0.0]]]]))
@@ -83,6 +86,9 @@ def l2_loss(x: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean") -> tor
     Shape:
         - x, y: (B, C, H, W), the same shape.
         - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Returns:
+        The loss, in the dtype of ``x``.
 
     Example:
         >>> import torch, cxlib
@@ -109,6 +115,14 @@ def perceptual_loss(x_features: torch.Tensor, y_features: torch.Tensor, *,
     Shape:
         - x_features, y_features: (B, C, H, W), the same shape.
         - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Returns:
+        The loss.
+
+    Example:
+        >>> import torch, cxlib
+        >>> cxlib.perceptual_loss(torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 2))
+        tensor(1.)
     """
     return l1_loss(x_features, y_features, reduction=reduction)
 
@@ -117,10 +131,14 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     r"""Normalised Gram matrix :math:`G_{cd} = \frac{1}{C H W}\sum_p F_{cp} F_{dp}`.
 
     Args:
-        features: (B, C, H, W).
+        features: a feature map.
+
+    Shape:
+        - features: (B, C, H, W).
+        - Output: (B, C, C).
 
     Returns:
-        (B, C, C).
+        The Gram matrices.
 
     Example:
         >>> import torch, cxlib
@@ -147,12 +165,22 @@ def gram_loss(x_features: torch.Tensor, y_features: torch.Tensor, *,
     matrix is normalised by its own size, so the two images may differ in size.
 
     Args:
-        x_features: features of the generated image, (B, C, Hx, Wx).
-        y_features: features of the target, (B, C, Hy, Wy).
+        x_features: features of the generated image.
+        y_features: features of the target.
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
 
+    Shape:
+        - x_features: (B, C, Hx, Wx); y_features: (B, C, Hy, Wy).
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
     Returns:
-        A scalar, or (B,) with ``reduction="none"``.
+        The loss.
+
+    Example:
+        >>> import torch, cxlib
+        >>> f = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+        >>> cxlib.gram_loss(f, torch.zeros_like(f))  # (5^2 + 2 * 11^2 + 25^2) / (4 * 2^2 * 2^2)
+        tensor(13.9375)
     """
     x_features = check_tensor("x_features", x_features, ndim=4)
     y_features = check_tensor("y_features", y_features, ndim=4)
@@ -184,6 +212,10 @@ def total_variation(images: torch.Tensor, *, p: int = 1, reduction: str = "mean"
         p: 1 (anisotropic TV, edges kept) or 2 (squared differences, smoother).
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
 
+    Shape:
+        - images: (B, C, H, W).
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
     Returns:
         A scalar, or (B,) with ``reduction="none"``.
 
@@ -209,10 +241,19 @@ class _PairLoss(nn.Module):
 
 
 class L1Loss(_PairLoss):
-    """Module form of :func:`l1_loss`.
+    """Module form of :func:`l1_loss`; ``forward(x, y)`` calls it.
 
     Args:
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
+
+    Shape:
+        - x, y: (B, C, H, W), the same shape.
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Example:
+        >>> import torch, cxlib
+        >>> cxlib.L1Loss()(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+        tensor(1.)
     """
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -220,10 +261,19 @@ class L1Loss(_PairLoss):
 
 
 class L2Loss(_PairLoss):
-    """Module form of :func:`l2_loss`.
+    """Module form of :func:`l2_loss`; ``forward(x, y)`` calls it.
 
     Args:
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
+
+    Shape:
+        - x, y: (B, C, H, W), the same shape.
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Example:
+        >>> import torch, cxlib
+        >>> cxlib.L2Loss()(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+        tensor(1.)
     """
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -231,11 +281,20 @@ class L2Loss(_PairLoss):
 
 
 class TotalVariation(nn.Module):
-    """Module form of :func:`total_variation`.
+    """Module form of :func:`total_variation`; ``forward(images)`` calls it.
 
     Args:
         p: 1 or 2.
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
+
+    Shape:
+        - images: (B, C, H, W).
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Example:
+        >>> import torch, cxlib
+        >>> cxlib.TotalVariation()(torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]]))
+        tensor(0.5000)
     """
 
     def __init__(self, *, p: int = 1, reduction: str = "mean") -> None:

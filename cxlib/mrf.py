@@ -39,15 +39,19 @@ def mrf_loss(x_features: torch.Tensor, y_features: torch.Tensor, *, patch_size: 
     """CNNMRF loss between the features of a generated image and of a style image.
 
     Args:
-        x_features: features of the generated image, (B, C, Hx, Wx).
-        y_features: features of the style image, (B, C, Hy, Wy).
+        x_features: features of the generated image.
+        y_features: features of the style image.
         patch_size: side k of the feature patches (3 in Li and Wand).
         stride: step between the generated image's patches (the style's are taken at every
             position).
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
 
+    Shape:
+        - x_features: (B, C, Hx, Wx); y_features: (B, C, Hy, Wy), both at least k x k.
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
     Returns:
-        A scalar, or (B,) with ``reduction="none"``.
+        The loss.
 
     Example:
         >>> import torch, cxlib

@@ -80,6 +80,9 @@ def optimize_image(
         progress: show a tqdm progress bar with the loss.
         description: the progress bar's label.
 
+    Shape:
+        - init: (B, C, H, W); the image that ``loss_fn`` receives has the same shape.
+
     Returns:
         An :class:`OptimizationResult`.
 

@@ -24,6 +24,9 @@ def patch_features(images: torch.Tensor, *, size: int = 5, stride: int = 1) -> t
         - Output: (B, C * size * size, (H - size) // stride + 1, (W - size) // stride + 1); the
           channel index is c * size * size + row * size + column within the patch.
 
+    Returns:
+        The patches as a feature map.
+
     Example:
         >>> import torch, cxlib
         >>> cxlib.patch_features(torch.rand(2, 3, 16, 12), size=5, stride=1).shape

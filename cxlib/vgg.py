@@ -228,12 +228,16 @@ def concat_layers(features: Mapping[str, torch.Tensor], layers: Iterable[str], *
     describes a position at several scales.
 
     Args:
-        features: name -> (B, C_l, H_l, W_l), as :class:`VGG19Features` returns.
+        features: name -> feature map, as :class:`VGG19Features` returns.
         layers: the names to combine, in order.
         size: (H, W) of the result; default: the first layer's size. Resizing is bilinear.
 
+    Shape:
+        - features[l]: (B, C_l, H_l, W_l).
+        - Output: (B, sum of C_l, H, W).
+
     Returns:
-        (B, sum of C_l, H, W).
+        The layers, each divided by its channel count, stacked along the channels.
 
     Example:
         >>> import torch, cxlib

@@ -17,7 +17,8 @@ from torch import nn
 
 from ._checks import check_all_finite, check_choice, check_flag, check_generator, check_tensor
 from ._reduction import REDUCTIONS
-from .contextual import check_settings, contextual_loss
+from .contextual.loss import contextual_loss
+from .contextual.settings import check_settings
 from .losses import gram_loss, perceptual_loss
 from .vgg import VGG19_LAYERS, VGG19Features
 
@@ -344,6 +345,14 @@ class GramLoss(_SingleReferenceLoss):
 
     Shape:
         - generated, reference: (B, 3, H, W) images in [0, 1]; sizes may differ.
+
+    Example:
+        >>> import torch, cxlib
+        >>> loss_fn = cxlib.GramLoss(weights=None)
+        >>> style = torch.rand(1, 3, 32, 32)
+        >>> loss_fn.fix_reference(style)
+        >>> float(loss_fn(style.flip(-1))) < float(loss_fn(torch.rand(1, 3, 32, 32)))
+        True
     """
 
     def __init__(self, layers: Mapping[str, float] = DEFAULT_GRAM_LAYERS, *,

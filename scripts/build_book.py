@@ -62,7 +62,7 @@ def _say(message: str) -> None:
 
 
 def _resolve_setting(choice: str | None, cuda: bool) -> tuple[str, str]:
-    from cxlib.setting import FAST_ENV, SETTING_ENV, resolve_setting
+    from cxlib.book.setting import FAST_ENV, SETTING_ENV, resolve_setting
 
     if choice and choice != "auto":
         os.environ[SETTING_ENV] = choice

@@ -26,7 +26,7 @@ def tiny_net():
 def test_animation_objective_is_the_table_1_loss(tiny_net):
     target = torch.rand(1, 3, 16, 16)
     frames = torch.rand(2, 3, 16, 16)
-    objective = cxlib.AnimationObjective(target, weights=None)
+    objective = cxlib.training.AnimationObjective(target, weights=None)
     loss, logs = objective(tiny_net, {"source": frames})
     vgg = cxlib.VGG19Features(["conv3_2", "conv4_2"], weights=None)
     out, ft, fs = vgg(tiny_net(frames)), vgg(target), vgg(frames)
@@ -39,7 +39,7 @@ def test_animation_objective_is_the_table_1_loss(tiny_net):
 
 def test_animation_baseline_is_normalised_gram_plus_perceptual(tiny_net):
     target, frames = torch.rand(1, 3, 16, 16), torch.rand(2, 3, 16, 16)
-    objective = cxlib.AnimationObjective(target, kind="gram", weights=None, scales=(2.0, 4.0))
+    objective = cxlib.training.AnimationObjective(target, kind="gram", weights=None, scales=(2.0, 4.0))
     loss, logs = objective(tiny_net, {"source": frames})
     vgg = cxlib.VGG19Features(["relu1_1", "relu2_1", "relu3_1", "relu4_1", "conv4_2"], weights=None)
     out, ft, fs = vgg(tiny_net(frames)), vgg(target), vgg(frames)
@@ -53,14 +53,14 @@ def test_puppet_objectives(tiny_net):
     drawings = torch.rand(2, 1, 16, 16)
     frames = torch.rand(2, 3, 16, 16)
     net = cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16), in_channels=1)
-    l1 = cxlib.PuppetObjective(kind="l1", weights=None, scales=(0.5, 2.0), perceptual_weight=0.1)
+    l1 = cxlib.training.PuppetObjective(kind="l1", weights=None, scales=(0.5, 2.0), perceptual_weight=0.1)
     loss, logs = l1(net, {"source": drawings, "target": frames})
     vgg = cxlib.VGG19Features(["conv5_2"], weights=None)
     out = net(drawings)
     want = (ref.mean_absolute_difference(out, frames) / 0.5
             + 0.1 * ref.mean_absolute_difference(vgg(out)["conv5_2"], vgg(frames)["conv5_2"]) / 2.0)
     assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
-    cx = cxlib.PuppetObjective(weights=None, scales=(0.5, 2.0))
+    cx = cxlib.training.PuppetObjective(weights=None, scales=(0.5, 2.0))
     passes = []
     hook = cx.vgg.register_forward_hook(lambda module, args, result: passes.append(1))
     loss_cx, logs_cx = cx(net, {"source": drawings, "target": frames})
@@ -80,7 +80,7 @@ def test_domain_transfer_objective_is_the_sum_of_its_terms_written_out(tiny_net)
     # float64 NumPy reference's CX on the VGG features, averaged over the batch.
     g = torch.Generator().manual_seed(3)
     sources, others = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
-    objective = cxlib.DomainTransferObjective(weights=None, band_width=0.3)
+    objective = cxlib.training.DomainTransferObjective(weights=None, band_width=0.3)
     loss, logs = objective(tiny_net, {"source": sources, "target": others})
     vgg = objective.loss.vgg
     with torch.no_grad():
@@ -101,29 +101,29 @@ def test_domain_transfer_objective_is_the_sum_of_its_terms_written_out(tiny_net)
 
 
 def test_command_line_trains_and_resumes(tmp_path):
-    photo = cxlib.images.load_image("astronaut", 16)
-    video = cxlib.write_video(cxlib.synthetic_video(photo, 4), tmp_path / "clip.gif")
+    photo = cxlib.book.images.load_image("astronaut", 16)
+    video = cxlib.training.write_video(cxlib.book.synthetic_video(photo, 4), tmp_path / "clip.gif")
     import imageio.v3 as iio
 
-    iio.imwrite(tmp_path / "look.png", (cxlib.images.load_image("chelsea", 16)[0].permute(1, 2, 0) * 255).byte().numpy())
-    command = [sys.executable, "-m", "cxlib.apps", "animation", "--video", str(video),
+    iio.imwrite(tmp_path / "look.png", (cxlib.book.images.load_image("chelsea", 16)[0].permute(1, 2, 0) * 255).byte().numpy())
+    command = [sys.executable, "-m", "cxlib.training", "animation", "--video", str(video),
                "--target", str(tmp_path / "look.png"), "--size", "16", "--steps", "3",
                "--weights", "random", "--run-dir", str(tmp_path / "run"), "--sample-every", "2",
                "--checkpoint-every", "2"]
     first = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-2000:]
-    state = cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    state = cxlib.training.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 3
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step_0000002.png", "step_0000003.png"]
     longer = command[:command.index("--steps") + 1] + ["5"] + command[command.index("--steps") + 2:]
     second = subprocess.run(longer, capture_output=True, text=True, check=False, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 5
+    assert cxlib.training.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 5
 
 
 def _frames_batches(size=16, count=4):
     frames = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(4))
-    return frames, cxlib.StepBatches(cxlib.StackedImages(frames), 2, seed=0)
+    return frames, cxlib.training.StepBatches(cxlib.training.StackedImages(frames), 2, seed=0)
 
 
 def test_baseline_scales_are_measured_once_before_training_and_kept_in_the_checkpoint(tmp_path, monkeypatch):
@@ -131,7 +131,7 @@ def test_baseline_scales_are_measured_once_before_training_and_kept_in_the_check
     output), never checkpointed, so a resumed run optimised another objective."""
     target = torch.rand(1, 3, 16, 16)
     frames, batches = _frames_batches()
-    objective = cxlib.AnimationObjective(target, kind="gram", weights=None)
+    objective = cxlib.training.AnimationObjective(target, kind="gram", weights=None)
     assert not objective.calibrated
     with pytest.raises(RuntimeError, match="not measured yet"):
         objective(torch.nn.Identity(), {"source": frames[:2]})
@@ -146,16 +146,16 @@ def test_baseline_scales_are_measured_once_before_training_and_kept_in_the_check
         torch.manual_seed(0)
         return cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16))
 
-    cxlib.train(net(), objective, lambda s: {"source": batches(s)}, steps=2, run_dir=tmp_path,
+    cxlib.training.train(net(), objective, lambda s: {"source": batches(s)}, steps=2, run_dir=tmp_path,
                 progress=False, device="cpu")
     assert objective.scales == pytest.approx(want, rel=1e-5)
-    saved = cxlib.load_checkpoint(tmp_path / "checkpoint.pt")["objective"]["scales"]
+    saved = cxlib.training.load_checkpoint(tmp_path / "checkpoint.pt")["objective"]["scales"]
     assert saved.tolist() == pytest.approx(list(want), rel=1e-5)
 
     # A resumed run takes the checkpoint's scales and measures nothing.
-    resumed = cxlib.AnimationObjective(target, kind="gram", weights=None)
+    resumed = cxlib.training.AnimationObjective(target, kind="gram", weights=None)
     monkeypatch.setattr(resumed, "measure_scales", lambda *a: pytest.fail("measured again"))
-    cxlib.train(net(), resumed, lambda s: {"source": batches(s)}, steps=3, run_dir=tmp_path,
+    cxlib.training.train(net(), resumed, lambda s: {"source": batches(s)}, steps=3, run_dir=tmp_path,
                 progress=False, device="cpu")
     assert resumed.scales == objective.scales
 
@@ -163,7 +163,7 @@ def test_baseline_scales_are_measured_once_before_training_and_kept_in_the_check
 def test_puppet_scales_are_those_of_the_untrained_network_at_step_0(tmp_path):
     drawings = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     frames = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(6))
-    pairs = cxlib.StepBatches(cxlib.StackedImages(torch.cat([drawings, frames], 1)), 2, seed=1)
+    pairs = cxlib.training.StepBatches(cxlib.training.StackedImages(torch.cat([drawings, frames], 1)), 2, seed=1)
 
     def batch(step):
         both = pairs(step)
@@ -171,38 +171,38 @@ def test_puppet_scales_are_those_of_the_untrained_network_at_step_0(tmp_path):
 
     torch.manual_seed(0)
     net = cxlib.CRN(cxlib.crn_config(16, wide=6, narrow=4, narrow_from=16), in_channels=1)
-    objective = cxlib.PuppetObjective(kind="l1", weights=None)
+    objective = cxlib.training.PuppetObjective(kind="l1", weights=None)
     with torch.no_grad():
         out = net(batch(0)["source"])
         vgg = cxlib.VGG19Features(["conv5_2"], weights=None)
         want = (ref.mean_absolute_difference(out, batch(0)["target"]),
                 ref.mean_absolute_difference(vgg(out)["conv5_2"], vgg(batch(0)["target"])["conv5_2"]))
-    cxlib.train(net, objective, batch, steps=2, run_dir=tmp_path, progress=False, device="cpu")
+    cxlib.training.train(net, objective, batch, steps=2, run_dir=tmp_path, progress=False, device="cpu")
     assert objective.scales == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="positive and finite"):
-        cxlib.PuppetObjective(weights=None, scales=(1.0, 0.0))
+        cxlib.training.PuppetObjective(weights=None, scales=(1.0, 0.0))
     with pytest.raises(TypeError, match="pair of positive numbers"):
-        cxlib.PuppetObjective(weights=None, scales=3.0)
+        cxlib.training.PuppetObjective(weights=None, scales=3.0)
 
 
 def test_command_line_puts_the_objective_where_the_model_trains(tmp_path, monkeypatch):
     """Before: the objective went to "cuda" (GPU 0 on every torchrun rank) while train() put the
     model on cuda:LOCAL_RANK. Now both come from training_device()."""
-    import cxlib.apps
+    import cxlib.training
 
-    train_module = sys.modules["cxlib.train"]  # cxlib.train is the function
+    train_module = sys.modules["cxlib.training.train"]  # cxlib.training.train is the function
     seen = {}
 
     def fake_train(model, objective, batch, **kwargs):
         seen["device"] = kwargs.get("device")
         seen["objective"] = {b.device for b in objective.buffers()}
-        return cxlib.TrainResult(model=model)
+        return cxlib.training.TrainResult(model=model)
 
     monkeypatch.setattr(train_module, "train", fake_train)
     monkeypatch.setattr(train_module, "training_device", lambda device=None: torch.device("meta"))
-    photo = cxlib.images.load_image("astronaut", 16)
-    video = cxlib.write_video(cxlib.synthetic_video(photo, 3), tmp_path / "clip.gif")
-    assert cxlib.apps.main(["puppet", "--video", str(video), "--size", "16", "--weights", "random",
+    photo = cxlib.book.images.load_image("astronaut", 16)
+    video = cxlib.training.write_video(cxlib.book.synthetic_video(photo, 3), tmp_path / "clip.gif")
+    assert cxlib.training.main(["puppet", "--video", str(video), "--size", "16", "--weights", "random",
                             "--run-dir", str(tmp_path / "run")]) == 0
     assert seen["device"] == torch.device("meta")
     assert seen["objective"] == {torch.device("meta")}

@@ -82,7 +82,7 @@ COLAB_PROVIDES = {
     "imageio": "imageio", "PIL": "pillow", "IPython": "ipython", "scipy": "scipy",
     "google": "google-colab", "triton": "triton",
 }
-# Imported only where present, with a fallback: glue for the book's build (cxlib.setting.glue),
+# Imported only where present, with a fallback: glue for the book's build (cxlib.book.setting.glue),
 # notebook execution for the GPU check (cxlib.gpu_check).
 OPTIONAL = {"myst_nb", "nbformat", "nbclient"}
 

@@ -37,7 +37,7 @@ chapters:
 """
 CHAPTER_CODE = """\
 import os
-from cxlib.setting import book_setting
+from cxlib.book.setting import book_setting
 
 if os.environ.get("CHAPTER_FAILS") == "1":
     raise RuntimeError("this chapter fails on purpose")

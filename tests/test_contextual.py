@@ -150,7 +150,7 @@ def _graph_node_names(tensor):
 
 def test_auto_switches_to_blocked_above_the_threshold_with_equal_results():
     side = 48  # 48**4 = 5.3M elements > AUTO_FULL_MAX_ELEMENTS
-    assert side**4 > cxlib.contextual.AUTO_FULL_MAX_ELEMENTS
+    assert side**4 > cxlib.contextual.paths.AUTO_FULL_MAX_ELEMENTS
     x = torch.randn(1, 8, side, side, requires_grad=True)
     y = torch.randn(1, 8, side, side)
     auto = cxlib.contextual_loss(x, y)
@@ -216,7 +216,7 @@ def test_eps_zero_is_refused_on_every_path_and_entry_point(implementation):
 
 
 def _available_paths():
-    from cxlib.fused import fused_available
+    from cxlib.contextual.fused import fused_available
 
     return ["full", "blocked"] + (["fused"] if fused_available("cpu") else [])
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cxlib
-from cxlib.data import square_resize
+from cxlib.training.data import square_resize
 
 
 def _write_png(path, array):
@@ -37,7 +37,7 @@ def test_image_folder_reads_sorted_files_as_square_tensors(tmp_path):
     for k, a in enumerate(arrays):
         _write_png(tmp_path / f"img_{k}.png", a)
     (tmp_path / "notes.txt").write_text("not an image")
-    folder = cxlib.ImageFolder(tmp_path, 10)
+    folder = cxlib.training.ImageFolder(tmp_path, 10)
     assert len(folder) == 3
     # The centred 20 x 20 square (columns 5 to 24) halved with an antialiasing triangle filter:
     # taps [1, 3, 3, 1] / 8 around each output pixel, renormalised where they leave the image.
@@ -47,9 +47,9 @@ def test_image_folder_reads_sorted_files_as_square_tensors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="holds no images"):
-        cxlib.ImageFolder(empty, 8)
+        cxlib.training.ImageFolder(empty, 8)
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        cxlib.ImageFolder(tmp_path / "absent", 8)
+        cxlib.training.ImageFolder(tmp_path / "absent", 8)
 
 
 def test_square_resize_takes_the_centred_square():
@@ -59,35 +59,35 @@ def test_square_resize_takes_the_centred_square():
 
 
 def test_video_round_trip_through_a_gif(tmp_path):
-    photo = cxlib.images.load_image("astronaut", 32)
-    frames = cxlib.synthetic_video(photo, 6)
+    photo = cxlib.book.images.load_image("astronaut", 32)
+    frames = cxlib.book.synthetic_video(photo, 6)
     assert frames.shape == (6, 3, 32, 32)
     assert (frames[0] - frames[3]).abs().mean() > 0.02  # it moves
-    path = cxlib.write_video(frames, tmp_path / "clip.gif")
-    video = cxlib.VideoFrames(path, 32)
+    path = cxlib.training.write_video(frames, tmp_path / "clip.gif")
+    video = cxlib.training.VideoFrames(path, 32)
     assert len(video) == 6
     # GIF stores 256 colours per frame: close, not equal.
     assert (video.images - frames).abs().mean() < 0.03
-    assert len(cxlib.VideoFrames(path, 16, every=2, max_frames=2)) == 2
+    assert len(cxlib.training.VideoFrames(path, 16, every=2, max_frames=2)) == 2
     with pytest.raises(FileNotFoundError, match="no such video file"):
-        cxlib.VideoFrames(tmp_path / "missing.mp4", 16)
+        cxlib.training.VideoFrames(tmp_path / "missing.mp4", 16)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(OSError, match="could not read the video"):
-        cxlib.VideoFrames(tmp_path / "broken.mp4", 16)
+        cxlib.training.VideoFrames(tmp_path / "broken.mp4", 16)
 
 
 def test_edge_map_marks_edges_only():
     image = torch.zeros(1, 3, 8, 8)
     image[..., 4:] = 1.0
-    edges = cxlib.edge_map(image)
+    edges = cxlib.training.edge_map(image)
     assert edges.shape == (1, 1, 8, 8) and edges.max() == 1.0
     assert torch.all(edges[..., :2] == 0) and torch.all(edges[..., 6:] == 0)
     assert torch.all(edges[..., 3:5] > 0.5)
 
 
 def test_synthetic_faces_differ_in_the_lips_only():
-    plain, mouths = cxlib.synthetic_faces(6, 48, coloured_lips=False, seed=2)
-    lips, mouths_b = cxlib.synthetic_faces(6, 48, coloured_lips=True, seed=2)
+    plain, mouths = cxlib.book.synthetic_faces(6, 48, coloured_lips=False, seed=2)
+    lips, mouths_b = cxlib.book.synthetic_faces(6, 48, coloured_lips=True, seed=2)
     assert plain.shape == (6, 3, 48, 48) and torch.equal(mouths, mouths_b)
 
     def redness(images):
@@ -121,18 +121,18 @@ def _fake_celeba(root, names_and_male, partition):
 def test_celeba_split_by_attribute(tmp_path):
     names = [("000001.jpg", True), ("000002.jpg", False), ("000003.jpg", True), ("000004.jpg", False)]
     _fake_celeba(tmp_path / "celeba", names, [("000001.jpg", 0), ("000002.jpg", 0), ("000003.jpg", 2), ("000004.jpg", 0)])
-    men = cxlib.CelebAAttribute(tmp_path / "celeba", attribute="Male", present=True, split="train", size=16)
-    women = cxlib.CelebAAttribute(tmp_path / "celeba", attribute="Male", present=False, split="train", size=16)
+    men = cxlib.training.CelebAAttribute(tmp_path / "celeba", attribute="Male", present=True, split="train", size=16)
+    women = cxlib.training.CelebAAttribute(tmp_path / "celeba", attribute="Male", present=False, split="train", size=16)
     assert men.files == ["000001.jpg"] and women.files == ["000002.jpg", "000004.jpg"]
     assert men[0].shape == (3, 16, 16)
-    assert cxlib.CelebAAttribute(tmp_path / "celeba", present=True, split="all", size=8).files == ["000001.jpg", "000003.jpg"]
+    assert cxlib.training.CelebAAttribute(tmp_path / "celeba", present=True, split="all", size=8).files == ["000001.jpg", "000003.jpg"]
     with pytest.raises(ValueError, match="unknown CelebA attribute 'Beard'; valid: 5_o_Clock_Shadow, Male, Smiling"):
-        cxlib.CelebAAttribute(tmp_path / "celeba", attribute="Beard")
+        cxlib.training.CelebAAttribute(tmp_path / "celeba", attribute="Beard")
 
 
 def test_celeba_missing_or_corrupted_gives_instructions_not_a_traceback(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
-        cxlib.CelebAAttribute(tmp_path / "nothing")
+        cxlib.training.CelebAAttribute(tmp_path / "nothing")
     message = str(info.value)
     assert "missing list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/" in message
     assert "Google Drive" in message and "Kaggle" in message
@@ -142,7 +142,7 @@ def test_celeba_missing_or_corrupted_gives_instructions_not_a_traceback(tmp_path
     (broken / "list_eval_partition.txt").write_text("")
     (broken / "img_align_celeba.zip").write_bytes(b"<html>Google Drive - Quota exceeded</html>")
     with pytest.raises(ValueError, match="is not a valid zip file"):
-        cxlib.CelebAAttribute(broken)
+        cxlib.training.CelebAAttribute(broken)
 
 
 def test_celeba_zip_is_extracted_on_first_use(tmp_path):
@@ -155,7 +155,7 @@ def test_celeba_zip_is_extracted_on_first_use(tmp_path):
     with zipfile.ZipFile(target / "img_align_celeba.zip", "w") as zf:
         for image in (source / "img_align_celeba").iterdir():
             zf.write(image, f"img_align_celeba/{image.name}")
-    data = cxlib.CelebAAttribute(target, size=8)
+    data = cxlib.training.CelebAAttribute(target, size=8)
     assert len(data) == 2 and (target / "img_align_celeba" / "000002.jpg").is_file()
 
 
@@ -183,11 +183,11 @@ def test_celeba_interrupted_extraction_leaves_nothing_a_later_run_takes_as_compl
 
     monkeypatch.setattr(zipfile.ZipFile, "_extract_member", extract_one_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        cxlib.CelebAAttribute(target, size=8)
+        cxlib.training.CelebAAttribute(target, size=8)
     assert not (target / "img_align_celeba").exists()
     assert [p.name for p in target.iterdir() if p.is_dir()] == []  # the staging folder is gone
     monkeypatch.setattr(zipfile.ZipFile, "_extract_member", real_extract)
-    data = cxlib.CelebAAttribute(target, size=8)
+    data = cxlib.training.CelebAAttribute(target, size=8)
     assert len(data) == 3
     assert sorted(p.name for p in (target / "img_align_celeba").iterdir()) == [
         "000001.jpg", "000002.jpg", "000003.jpg"]
@@ -199,7 +199,7 @@ def test_celeba_a_killed_extraction_staging_folder_is_not_taken_for_the_images(t
     stale = target / ".img_align_celeba-extracting-dead" / "img_align_celeba"
     stale.mkdir(parents=True)
     (stale / "000001.jpg").write_bytes(b"partial")
-    data = cxlib.CelebAAttribute(target, size=8)
+    data = cxlib.training.CelebAAttribute(target, size=8)
     assert len(data) == 3 and data[2].shape == (3, 8, 8)
 
 
@@ -233,10 +233,10 @@ def test_every_reader_takes_8_and_16_bit_float_grey_rgba_and_palette_images(tmp_
     assert Image.open(tmp_path / "palette.png").mode == "P"
     for name, (path, want) in cases.items():
         want = np.broadcast_to(want, (8, 8, 3)).transpose(2, 0, 1)
-        got = cxlib.data.read_image_file(path, 8)
+        got = cxlib.training.data.read_image_file(path, 8)
         assert got.dtype == torch.float32 and 0 <= got.min() and got.max() <= 1, name
         np.testing.assert_allclose(got.numpy(), want, atol=1e-6, err_msg=name)
-    folder = cxlib.ImageFolder(tmp_path, 8)
+    folder = cxlib.training.ImageFolder(tmp_path, 8)
     assert [p.name for p in folder.files] == sorted(cases)
     for k, path in enumerate(folder.files):
         want = np.broadcast_to(cases[path.name][1], (8, 8, 3)).transpose(2, 0, 1)
@@ -244,9 +244,9 @@ def test_every_reader_takes_8_and_16_bit_float_grey_rgba_and_palette_images(tmp_
     # The first frame of an animation, and a video's frames in 16 bits.
     frames = np.stack([rgb8, 255 - rgb8])
     gif = _written(tmp_path / "..", "anim.gif", frames, duration=100, loop=0)
-    first = cxlib.data.read_image_file(gif, 8)
+    first = cxlib.training.data.read_image_file(gif, 8)
     assert first.shape == (3, 8, 8) and (first - torch.from_numpy(rgb8 / 255.0).permute(2, 0, 1).float()).abs().mean() < 0.05
-    from cxlib.images import image_from_array
+    from cxlib.book import image_from_array
 
     np.testing.assert_allclose(image_from_array(grey16.astype(np.int32)).numpy()[0], grey16 / 65535.0,
                                atol=1e-6)
@@ -258,8 +258,8 @@ def test_every_reader_takes_8_and_16_bit_float_grey_rgba_and_palette_images(tmp_
 def test_edge_map_and_edge_correlation_take_float64_images():
     image = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
     image[..., 4:] = 1.0
-    edges = cxlib.edge_map(image)
+    edges = cxlib.training.edge_map(image)
     assert edges.dtype == torch.float64
-    torch.testing.assert_close(edges, cxlib.edge_map(image.float()).double())
-    corr = cxlib.images.edge_correlation(image, image)
+    torch.testing.assert_close(edges, cxlib.training.edge_map(image.float()).double())
+    corr = cxlib.book.metrics.edge_correlation(image, image)
     assert corr.dtype == torch.float64 and corr.item() == pytest.approx(1.0)

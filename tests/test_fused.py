@@ -12,7 +12,7 @@ import torch
 import cxlib
 import numpy_reference as ref
 from autograd_graph import node_names
-from cxlib.fused import fused_available
+from cxlib.contextual.fused import fused_available
 
 DEVICE = os.environ.get("CXLIB_TEST_DEVICE", "cpu")
 pytestmark = pytest.mark.skipif(not fused_available(DEVICE), reason="Triton unavailable")
@@ -99,6 +99,6 @@ def test_inputs_beyond_32_bit_offsets_are_refused_not_misread():
     small = torch.empty(2, 16, 64, device="meta")
     for x, y in ((big, small), (small, big)):
         with pytest.raises(ValueError, match=r"32-bit offsets: B \* N \* C must be at most 2147483647"):
-            cxlib.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5)
-    assert cxlib.fused.fits_fused((2, 2**24 - 1, 64), (2, 16, 64))
-    assert not cxlib.fused.fits_fused((2, 2**24, 64), (2, 16, 64))
+            cxlib.contextual.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5)
+    assert cxlib.contextual.fused.fits_fused((2, 2**24 - 1, 64), (2, 16, 64))
+    assert not cxlib.contextual.fused.fits_fused((2, 2**24, 64), (2, 16, 64))

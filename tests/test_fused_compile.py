@@ -2,14 +2,14 @@
 
 The other fused tests run the kernels under Triton's interpreter, which never compiles them. Here
 every variant the launches can make (kernel, distance, the constexprs and launch options of
-``cxlib.fused.launch_config`` for 1-512 channels, and Triton's specialisation of the sizes and
+``cxlib.contextual.fused.launch_config`` for 1-512 channels, and Triton's specialisation of the sizes and
 strides) is compiled with ``triton.compile`` for sm_80 (A100) and sm_90a (H100), no GPU needed,
 and the ``ptxas`` of Triton's wheel reports registers and spills (``ptxas -v``).
 
-The compilation runs in one subprocess (``python -m cxlib.fused_report --json``) without
+The compilation runs in one subprocess (``python -m cxlib.contextual.fused_report --json``) without
 ``TRITON_INTERPRET``, which conftest sets for this process. The table of registers and spills is
 printed (``pytest -rP`` or ``-s`` shows it) and attached as the ``fused_compile_report`` property
-(``--junitxml``); ``python -m cxlib.fused_report`` prints the same table.
+(``--junitxml``); ``python -m cxlib.contextual.fused_report`` prints the same table.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import cxlib
-import cxlib.fused as fused
-import cxlib.fused_report as report
+import cxlib.contextual.fused as fused
+import cxlib.contextual.fused_report as report
 
 
 def test_every_launch_variant_compiles_without_spills(tmp_path, record_property):
@@ -36,12 +36,12 @@ def test_every_launch_variant_compiles_without_spills(tmp_path, record_property)
     # The cxlib under test, and a fresh Triton cache unless the caller chose one.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(cxlib.__file__).parents[1]), env.get("PYTHONPATH")]))
     env.setdefault("TRITON_CACHE_DIR", str(tmp_path / "triton_cache"))
-    run = subprocess.run([sys.executable, "-m", "cxlib.fused_report", "--json"],
+    run = subprocess.run([sys.executable, "-m", "cxlib.contextual.fused_report", "--json"],
                          capture_output=True, text=True, env=env, timeout=1200)
     try:
         rows = json.loads(run.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        pytest.fail(f"cxlib.fused_report failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+        pytest.fail(f"cxlib.contextual.fused_report failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
     table = report.format_report(rows)
     print(f"Triton {fused.triton.__version__}, ptxas of its wheel\n{table}")
     record_property("fused_compile_report", table)

@@ -14,21 +14,21 @@ import pytest
 import torch
 
 import cxlib
-import cxlib.contextual as contextual
-import cxlib.fused
-import cxlib.fused_check as fused_check
+import cxlib.contextual.paths as paths
+import cxlib.contextual.fused
+import cxlib.contextual.fused_check as fused_check
 from autograd_graph import node_names
-from cxlib.fused_check import FusedFallbackWarning
+from cxlib.contextual.fused_check import FusedFallbackWarning
 
-REAL_DEVICE_RULE = contextual._auto_fused_device
-pytestmark = pytest.mark.skipif(not cxlib.fused.fused_available("cpu"), reason="Triton unavailable")
+REAL_DEVICE_RULE = paths._auto_fused_device
+pytestmark = pytest.mark.skipif(not cxlib.contextual.fused.fused_available("cpu"), reason="Triton unavailable")
 
 
 @pytest.fixture(autouse=True)
 def _auto_may_use_fused(monkeypatch):
     fused_check.reset_fused_verdicts()
-    monkeypatch.setattr(contextual, "AUTO_USES_FUSED", True)
-    monkeypatch.setattr(contextual, "_auto_fused_device", lambda device: True)
+    monkeypatch.setattr(paths, "AUTO_USES_FUSED", True)
+    monkeypatch.setattr(paths, "_auto_fused_device", lambda device: True)
     yield
     fused_check.reset_fused_verdicts()
 
@@ -74,7 +74,7 @@ def test_kernels_that_fail_give_one_warning_and_the_blocked_path_from_then_on(mo
     def broken(*args, **kwargs):
         raise RuntimeError("PTX assembly aborted")
 
-    monkeypatch.setattr(contextual, "fused_similarity", broken)
+    monkeypatch.setattr(cxlib.contextual.fused, "fused_similarity", broken)
     x, y = _features()
     want = cxlib.contextual_loss(x, y, implementation="full")
     with pytest.warns(FusedFallbackWarning, match=r"failed to compile or run \(RuntimeError: PTX assembly aborted\)"):
@@ -90,8 +90,8 @@ def test_kernels_that_fail_give_one_warning_and_the_blocked_path_from_then_on(mo
 
 
 def test_kernels_that_disagree_are_not_used(monkeypatch):
-    real = contextual.fused_similarity
-    monkeypatch.setattr(contextual, "fused_similarity", lambda *a, **k: real(*a, **k) * 1.001)
+    real = cxlib.contextual.fused.fused_similarity
+    monkeypatch.setattr(cxlib.contextual.fused, "fused_similarity", lambda *a, **k: real(*a, **k) * 1.001)
     x, y = _features(1)
     with pytest.warns(FusedFallbackWarning, match=r"disagree with the blocked path .* value 1\.0\de-03"):
         got = cxlib.contextual_loss(x, y)
@@ -109,15 +109,15 @@ def test_wrong_gradients_alone_are_caught(monkeypatch):
         def backward(ctx, grad):
             return 1.01 * grad
 
-    real = contextual.fused_similarity
-    monkeypatch.setattr(contextual, "fused_similarity", lambda *a, **k: WrongGradient.apply(real(*a, **k)))
+    real = cxlib.contextual.fused.fused_similarity
+    monkeypatch.setattr(cxlib.contextual.fused, "fused_similarity", lambda *a, **k: WrongGradient.apply(real(*a, **k)))
     x, y = _features(2)
     with pytest.warns(FusedFallbackWarning, match="gradients"):
         cxlib.contextual_loss(x, y)
 
 
 def test_auto_stays_off_the_fused_path_unless_allowed(monkeypatch):
-    monkeypatch.setattr(contextual, "AUTO_USES_FUSED", False)
+    monkeypatch.setattr(paths, "AUTO_USES_FUSED", False)
     calls = _count_checks(monkeypatch)
     x, y = _features()
     assert _path_of(cxlib.contextual_loss(x, y)) == "other"
@@ -126,12 +126,12 @@ def test_auto_stays_off_the_fused_path_unless_allowed(monkeypatch):
 
 def test_explicit_fused_where_it_cannot_run_says_what_it_needs(monkeypatch):
     """Before: a Triton driver error from deep inside the launch."""
-    monkeypatch.setattr(cxlib.fused, "_interpreting", lambda: False)  # a plain CPU machine
+    monkeypatch.setattr(cxlib.contextual.fused, "_interpreting", lambda: False)  # a plain CPU machine
     x, y = _features()
     with pytest.raises(ValueError, match=r"implementation='fused' runs Triton kernels on a CUDA device.*got tensors on cpu.*'auto'.*'blocked'.*'full'"):
         cxlib.contextual_loss(x, y, implementation="fused")
     # "auto" on such a machine never tries the kernels: the real rule wants a CUDA device
-    monkeypatch.setattr(contextual, "_auto_fused_device", REAL_DEVICE_RULE)
+    monkeypatch.setattr(paths, "_auto_fused_device", REAL_DEVICE_RULE)
     calls = _count_checks(monkeypatch)
     assert _path_of(cxlib.contextual_loss(x, y)) == "other" and calls == []
 
@@ -141,16 +141,16 @@ def test_the_kernels_launch_on_the_tensors_device(monkeypatch):
     as if on cuda:0. Every launch now runs under the tensors' device (recorded here on the CPU,
     where the guard is a no-op), and the guard for a CUDA tensor selects its device."""
     entered = []
-    real = cxlib.fused._on_device_of
+    real = cxlib.contextual.fused._on_device_of
 
     def recording(tensor):
         entered.append(tensor.device)
         return real(tensor)
 
-    monkeypatch.setattr(cxlib.fused, "_on_device_of", recording)
+    monkeypatch.setattr(cxlib.contextual.fused, "_on_device_of", recording)
     x = torch.randn(1, 5, 20, requires_grad=True)
     y = torch.randn(1, 7, 20, requires_grad=True)
-    cxlib.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5).sum().backward()
+    cxlib.contextual.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5).sum().backward()
     assert entered == [torch.device("cpu")] * 3  # forward (both kernels), grad_x, grad_y
 
     class FakeCudaTensor:

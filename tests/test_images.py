@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import cxlib
-from cxlib import images
-from cxlib.plot import correspondence_field, position_colors
-from cxlib.setting import book_setting, resolve_setting
+from cxlib.book import images
+from cxlib.book.plot import correspondence_field, position_colors
+from cxlib.book.setting import book_setting, resolve_setting
 
 
 def test_load_image_is_rgb_in_unit_range():

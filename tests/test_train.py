@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent('''
     kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else -1
     torch.manual_seed(0)
     model = cxlib.CRN(cxlib.crn_config(8, wide=6, narrow=4, narrow_from=8))
-    data = cxlib.StackedImages(torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
-    batches = cxlib.StepBatches(data, 2, seed=3)
+    data = cxlib.training.StackedImages(torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    batches = cxlib.training.StepBatches(data, 2, seed=3)
 
     def loss_fn(model, batch):
         noise = 0.05 * torch.randn(batch["x"].shape)  # uses the global generator
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent('''
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = cxlib.train(model, loss_fn, lambda s: {"x": batches(s)}, steps=steps, run_dir=run_dir,
+    result = cxlib.training.train(model, loss_fn, lambda s: {"x": batches(s)}, steps=steps, run_dir=run_dir,
                          lr=1e-2, checkpoint_every=3, sample_inputs=data.images[:2], sample_every=4,
                          progress=False, callback=callback, device="cpu")
     torch.save({"params": [p.detach() for p in model.parameters()], "resumed_from": result.resumed_from,
@@ -58,7 +58,7 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path):
     assert straight.returncode == 0, straight.stderr
     killed = _run(tmp_path, tmp_path / "killed", 10, 8)
     assert killed.returncode == -9  # SIGKILL: no clean-up ran
-    checkpoint = cxlib.load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    checkpoint = cxlib.training.load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
     assert checkpoint["step"] == 6  # the last checkpoint before the kill, intact
     assert not (tmp_path / "killed" / "checkpoint.pt.tmp").exists()
     resumed = _run(tmp_path, tmp_path / "killed", 10)
@@ -76,7 +76,7 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path):
 
 def test_checkpoint_contents_and_a_finished_run_does_nothing(tmp_path):
     assert _run(tmp_path, tmp_path / "run", 4).returncode == 0
-    state = cxlib.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    state = cxlib.training.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert set(state) == {"model", "optimizer", "scaler", "amp", "step", "history", "rng", "objective"}
     assert state["step"] == 4 and len(state["history"]) == 4 and state["amp"] is False
     assert state["objective"] == {}  # a plain function has nothing to calibrate
@@ -89,7 +89,7 @@ def test_checkpoint_contents_and_a_finished_run_does_nothing(tmp_path):
 def test_mixed_precision_on_the_cpu_trains(tmp_path):
     model = cxlib.CRN(cxlib.crn_config(8, wide=4, narrow=4))
     data = torch.rand(4, 3, 8, 8)
-    result = cxlib.train(model, lambda m, b: cxlib.l1_loss(m(b["x"]).float(), b["x"]),
+    result = cxlib.training.train(model, lambda m, b: cxlib.l1_loss(m(b["x"]).float(), b["x"]),
                          lambda s: {"x": data}, steps=20, run_dir=tmp_path, lr=1e-2, amp=True,
                          progress=False, device="cpu")
     losses = [h["loss"] for h in result.history]
@@ -99,17 +99,17 @@ def test_mixed_precision_on_the_cpu_trains(tmp_path):
 def test_bad_arguments(tmp_path):
     model = torch.nn.Linear(1, 1)
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        cxlib.train(model, lambda m, b: m(b["x"]).sum(), lambda s: {}, steps=0, run_dir=tmp_path)
+        cxlib.training.train(model, lambda m, b: m(b["x"]).sum(), lambda s: {}, steps=0, run_dir=tmp_path)
     with pytest.raises(ValueError, match="fewer than batch_size=5"):
-        cxlib.StepBatches(cxlib.StackedImages(torch.rand(3, 3, 2, 2)), 5)
+        cxlib.training.StepBatches(cxlib.training.StackedImages(torch.rand(3, 3, 2, 2)), 5)
 
 
 DDP_SCRIPT = textwrap.dedent('''
     import os, sys, torch, cxlib
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 3, 1))
-    data = cxlib.StackedImages(torch.rand(12, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
-    batches = cxlib.StepBatches(data, 2, seed=5)
+    data = cxlib.training.StackedImages(torch.rand(12, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
+    batches = cxlib.training.StepBatches(data, 2, seed=5)
 
 
     class Scaled:
@@ -131,7 +131,7 @@ DDP_SCRIPT = textwrap.dedent('''
             return self.scale * cxlib.l2_loss(m(b["x"]), b["x"])
 
     objective = Scaled()
-    result = cxlib.train(model, objective, lambda s: {"x": batches(s)}, steps=3, run_dir=sys.argv[1],
+    result = cxlib.training.train(model, objective, lambda s: {"x": batches(s)}, steps=3, run_dir=sys.argv[1],
                          lr=0.05, progress=False, device="cpu")
     torch.save(objective.scale, os.path.join(sys.argv[1], f"scale{os.environ['RANK']}.pt"))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -151,14 +151,14 @@ def test_distributed_data_parallel_averages_the_ranks_gradients(tmp_path):
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file()
     # Both ranks optimise rank 0's objective, and the checkpoint keeps it.
     assert [torch.load(tmp_path / "ddp" / f"scale{r}.pt") for r in (0, 1)] == [1.0, 1.0]
-    assert cxlib.load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["objective"]["scale"].item() == 1.0
+    assert cxlib.training.load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["objective"]["scale"].item() == 1.0
 
     # The same three steps in one process: step s of rank r used batch 2s + r, and DDP averages
     # the two ranks' gradients, which is the gradient of the mean of the two batches' losses.
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 3, 1))
-    data = cxlib.StackedImages(torch.rand(12, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
-    batches = cxlib.StepBatches(data, 2, seed=5)
+    data = cxlib.training.StackedImages(torch.rand(12, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
+    batches = cxlib.training.StepBatches(data, 2, seed=5)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     for step in range(3):
         optimizer.zero_grad()
@@ -173,7 +173,7 @@ def _tiny_run(tmp_path, steps, **kwargs):
     torch.manual_seed(0)
     model = cxlib.CRN(cxlib.crn_config(8, wide=4, narrow=4))
     data = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    return cxlib.train(model, lambda m, b: cxlib.l1_loss(m(b["x"]).float(), b["x"]),
+    return cxlib.training.train(model, lambda m, b: cxlib.l1_loss(m(b["x"]).float(), b["x"]),
                        lambda s: {"x": data}, steps=steps, run_dir=tmp_path, lr=1e-2,
                        progress=False, **kwargs)
 
@@ -184,7 +184,7 @@ def test_resume_reads_the_checkpoint_on_the_cpu_whatever_the_device(tmp_path):
     map_location=device and torch.set_rng_state raised. The 'meta' device stands in for a GPU:
     a finished run resumed there loads the checkpoint and restores every state."""
     _tiny_run(tmp_path, 3, device="cpu")
-    saved = cxlib.load_checkpoint(tmp_path / "checkpoint.pt")
+    saved = cxlib.training.load_checkpoint(tmp_path / "checkpoint.pt")
     torch.manual_seed(123)  # something else, which resuming must replace
     with warnings.catch_warnings():  # copying into meta parameters is a no-op, and says so
         warnings.simplefilter("ignore", UserWarning)
@@ -196,13 +196,13 @@ def test_resume_reads_the_checkpoint_on_the_cpu_whatever_the_device(tmp_path):
 
 def test_training_device_gives_every_rank_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert cxlib.training_device("cuda") == torch.device("cuda", 1)
-    assert cxlib.training_device("cuda:0") == torch.device("cuda", 0)
-    assert cxlib.training_device("cpu") == torch.device("cpu")
+    assert cxlib.training.training_device("cuda") == torch.device("cuda", 1)
+    assert cxlib.training.training_device("cuda:0") == torch.device("cuda", 0)
+    assert cxlib.training.training_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cxlib.training_device(None) == torch.device("cuda", 1)  # never a bare "cuda"
+    assert cxlib.training.training_device(None) == torch.device("cuda", 1)  # never a bare "cuda"
     monkeypatch.delenv("LOCAL_RANK")
-    assert cxlib.training_device(None) == torch.device("cuda", 0)
+    assert cxlib.training.training_device(None) == torch.device("cuda", 0)
 
 
 def test_train_makes_the_training_gpu_the_current_device(monkeypatch, tmp_path):
@@ -222,7 +222,7 @@ def test_train_makes_the_training_gpu_the_current_device(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.nn.Module, "to", refuse_move)
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(Stop):
-        cxlib.train(torch.nn.Linear(1, 1), lambda m, b: m(b["x"]).sum(), lambda s: {},
+        cxlib.training.train(torch.nn.Linear(1, 1), lambda m, b: m(b["x"]).sum(), lambda s: {},
                     steps=1, run_dir=tmp_path, device="cuda")
     assert calls == [torch.device("cuda", 1)]
 
@@ -230,7 +230,7 @@ def test_train_makes_the_training_gpu_the_current_device(monkeypatch, tmp_path):
 def test_resume_with_and_without_amp_whatever_the_run_started_with(tmp_path):
     """A GradScaler saved disabled has an empty state, which an enabled scaler refuses to load.
     Before the fix, resuming a run saved without AMP with --amp raised."""
-    from cxlib.train import _restore_scaler
+    from cxlib.training.train import _restore_scaler
 
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
@@ -247,14 +247,14 @@ def test_resume_with_and_without_amp_whatever_the_run_started_with(tmp_path):
     # And through train(): a run without AMP resumed with it, and back.
     _tiny_run(tmp_path, 2, device="cpu")
     assert _tiny_run(tmp_path, 4, device="cpu", amp=True).step == 4
-    assert cxlib.load_checkpoint(tmp_path / "checkpoint.pt")["amp"] is True
+    assert cxlib.training.load_checkpoint(tmp_path / "checkpoint.pt")["amp"] is True
     assert _tiny_run(tmp_path, 5, device="cpu").step == 5
 
 
 def test_time_limit_stops_with_a_checkpoint_and_the_next_call_continues(tmp_path):
     first = _tiny_run(tmp_path, 50, device="cpu", time_limit=1e-9, checkpoint_every=100)
     assert first.step == 1 and not first.finished  # stops after the first step
-    assert cxlib.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    assert cxlib.training.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
     rest = _tiny_run(tmp_path, 5, device="cpu")
     assert rest.resumed_from == 1 and rest.step == 5 and rest.finished
     straight = _tiny_run(tmp_path / "straight", 5, device="cpu")
@@ -273,7 +273,7 @@ def test_measure_step_time_leaves_model_and_random_state_alone(tmp_path):
         return cxlib.l1_loss(m(b["x"] + 0.01 * torch.randn(b["x"].shape)), b["x"])
 
     state = torch.get_rng_state()
-    seconds = cxlib.measure_step_time(model, loss_fn, lambda s: {"x": data}, steps=2, device="cpu")
+    seconds = cxlib.training.measure_step_time(model, loss_fn, lambda s: {"x": data}, steps=2, device="cpu")
     assert 0 < seconds < 60
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
@@ -282,7 +282,7 @@ def test_measure_step_time_leaves_model_and_random_state_alone(tmp_path):
 def test_a_run_saved_on_more_gpus_resumes_on_fewer(monkeypatch):
     """A checkpoint from a 2-GPU machine holds two CUDA generator states; Colab has one GPU.
     Before the fix, torch.cuda.set_rng_state_all indexed a GPU that is not there."""
-    from cxlib.train import _rng_state, _set_rng_state
+    from cxlib.training.train import _rng_state, _set_rng_state
 
     state = _rng_state()
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]

@@ -1,8 +1,8 @@
 """Registers and spills of the fused Triton kernels, per launch variant and GPU architecture.
 
-    python -m cxlib.fused_report                  # sm_80 and sm_90a, every variant, a table
-    python -m cxlib.fused_report --json           # the rows as JSON (what the tests read)
-    python -m cxlib.fused_report --num-warps 4    # other launch options, to compare
+    python -m cxlib.contextual.fused_report                  # sm_80 and sm_90a, every variant, a table
+    python -m cxlib.contextual.fused_report --json           # the rows as JSON (what the tests read)
+    python -m cxlib.contextual.fused_report --num-warps 4    # other launch options, to compare
 
 Compiles with ``triton.compile`` for an explicit target (no GPU needed) and runs the ``ptxas`` of
 Triton's wheel with ``-v``. Runs without ``TRITON_INTERPRET`` (it is removed here before cxlib is
@@ -35,12 +35,12 @@ MIN_TRITON_FOR_REPORT = (3, 3)
 
 
 def _fused():
-    """cxlib.fused, whose kernels must be real JIT functions (not Triton's interpreter's)."""
+    """cxlib.contextual.fused, whose kernels must be real JIT functions (not Triton's interpreter's)."""
     from . import fused
 
     if fused.triton is not None and fused._interpreting():
         raise RuntimeError("compiling needs a process without TRITON_INTERPRET=1 "
-                           "(python -m cxlib.fused_report removes it)")
+                           "(python -m cxlib.contextual.fused_report removes it)")
     return fused
 
 
@@ -151,7 +151,7 @@ def _compile_one(job: dict) -> dict:
 
 def compile_report(targets=DEFAULT_TARGETS, variants: list[dict] | None = None,
                    options: dict | None = None, jobs: int | None = None) -> list[dict]:
-    """Compile every variant (:func:`cxlib.fused.kernel_variants`) for every target capability
+    """Compile every variant (:func:`cxlib.contextual.fused.kernel_variants`) for every target capability
     and return one row per compilation: the variant, ``arch``, ``registers``, ``stack``,
     ``spill_stores``, ``spill_loads`` (bytes), ``shared`` (bytes), ``seconds``, or ``error``.
 
@@ -208,7 +208,7 @@ def _points(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxlib.fused_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cxlib.contextual.fused_report", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, nargs="+", default=None, metavar="CAPABILITY",
                         help="compute capabilities (default: 80 90)")
     parser.add_argument("--channels", type=_channels, default=None,
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.pop("TRITON_INTERPRET", None)
-    from cxlib import fused
+    from . import fused
 
     variants = fused.kernel_variants(
         channels=args.channels or range(1, 513), points=args.points or fused.DEFAULT_POINTS)

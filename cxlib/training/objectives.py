@@ -1,6 +1,6 @@
 """The paper's trained applications (Table 1): the loss of each, and a command line to train them.
 
-Each objective is a module called as ``objective(model, batch)`` by :func:`cxlib.train`; it
+Each objective is a module called as ``objective(model, batch)`` by :func:`cxlib.training.train`; it
 returns the loss and its terms for the log.
 
 - :class:`AnimationObjective`: single-image animation. A CRN trained on the frames s of a video
@@ -14,32 +14,26 @@ returns the loss and its terms for the log.
 
 Baseline terms whose raw scales differ by orders of magnitude (Gram, perceptual, L1) are each
 divided by a fixed scale, so that they weigh equally. The scales are measured once, on the first
-batch, before the first step: :func:`cxlib.train` calls the objective's ``calibrate``, stores the
+batch, before the first step: :func:`cxlib.training.train` calls the objective's ``calibrate``, stores the
 values in the checkpoint (a resumed run keeps them) and broadcasts rank 0's to every rank (all
 ranks optimise the same objective). Pass ``scales=`` to fix them yourself.
 
-Command line (one GPU or several under torchrun)::
-
-    python -m cxlib.apps animation --video clip.mp4 --target look.jpg --run-dir runs/anim
-    torchrun --standalone --nproc_per_node=4 -m cxlib.apps domain --celeba data/celeba \\
-        --source-attribute Male --run-dir runs/m2f
+The command line that trains them is :mod:`cxlib.training.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from ._checks import check_choice
-from .losses import gram_loss, l1_loss, perceptual_loss
-from .vgg import VGG19Features
-from .vgg_losses import VGGContextualLoss
+from .._checks import check_choice
+from ..losses import gram_loss, l1_loss, perceptual_loss
+from ..vgg import VGG19Features
+from ..vgg_losses import VGGContextualLoss
 
-__all__ = ["AnimationObjective", "DomainTransferObjective", "PuppetObjective", "main"]
+__all__ = ["AnimationObjective", "DomainTransferObjective", "PuppetObjective"]
 
 
 def _as_float_logs(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -58,7 +52,7 @@ def _check_scales(scales: object) -> tuple[float, float]:
 class _ScaledObjective(nn.Module):
     """An objective whose terms are divided by two scales measured once, before training.
 
-    The calibration protocol of :func:`cxlib.train`: ``calibrated``, ``calibrate(model, batch)``,
+    The calibration protocol of :func:`cxlib.training.train`: ``calibrated``, ``calibrate(model, batch)``,
     ``calibration_state()`` and ``load_calibration_state(state)``.
     """
 
@@ -93,7 +87,7 @@ class _ScaledObjective(nn.Module):
         if self.scales is None:
             raise RuntimeError(
                 f"{type(self).__name__}: the scales of the baseline's terms are not measured yet; "
-                "cxlib.train measures them before the first step, or call "
+                "cxlib.training.train measures them before the first step, or call "
                 "objective.calibrate(model, first_batch), or pass scales=(..., ...)"
             )
         return self.scales
@@ -108,10 +102,23 @@ class AnimationObjective(_ScaledObjective):
         weights: VGG19 weights (see :class:`cxlib.VGG19Features`).
         band_width: h of the contextual terms.
         scales: for ``"gram"``, the (Gram, perceptual) values each term is divided by; if
-            ``None``, measured on the first batch by :meth:`calibrate` (which :func:`cxlib.train`
+            ``None``, measured on the first batch by :meth:`calibrate` (which :func:`cxlib.training.train`
             calls before the first step).
 
-    The batch holds ``"source"``: frames (B, 3, H, W).
+    Shape:
+        - target: (1, 3, H, W).
+        - The batch: ``{"source": frames (B, 3, H, W)}``; the output: (the loss, a dict of its
+          terms as floats).
+
+    Example:
+        >>> import torch
+        >>> from cxlib import CRN, crn_config
+        >>> from cxlib.training import AnimationObjective
+        >>> net = CRN(crn_config(16, wide=6, narrow=4, narrow_from=16))
+        >>> objective = AnimationObjective(torch.rand(1, 3, 16, 16), weights=None)
+        >>> loss, logs = objective(net, {"source": torch.rand(2, 3, 16, 16)})
+        >>> sorted(logs)
+        ['source/conv4_2', 'target/conv3_2', 'target/conv4_2']
     """
 
     GRAM_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
@@ -177,9 +184,23 @@ class PuppetObjective(_ScaledObjective):
             some misalignment), relative to the other term.
         scales: (L1, perceptual) values the terms are divided by; if ``None``, measured by
             :meth:`calibrate` on the first batch with the untrained network's output, before the
-            first step (:func:`cxlib.train` does it, and keeps them in the checkpoint).
+            first step (:func:`cxlib.training.train` does it, and keeps them in the checkpoint).
 
-    The batch holds ``"source"`` (the drawings) and ``"target"`` (the frames).
+    Shape:
+        - The batch: ``{"source": drawings (B, 1, H, W), "target": frames (B, 3, H, W)}``;
+          the output: (the loss, a dict of its terms as floats).
+
+    Example:
+        >>> import torch
+        >>> from cxlib import CRN, crn_config
+        >>> from cxlib.training import PuppetObjective
+        >>> net = CRN(crn_config(16, wide=6, narrow=4, narrow_from=16), in_channels=1)
+        >>> objective = PuppetObjective(weights=None)
+        >>> batch = {"source": torch.rand(2, 1, 16, 16), "target": torch.rand(2, 3, 16, 16)}
+        >>> objective.calibrate(net, batch)  # train() does this before the first step
+        >>> loss, logs = objective(net, batch)
+        >>> sorted(logs)
+        ['perceptual^t', 'target/conv3_2', 'target/conv4_2']
     """
 
     def __init__(self, *, kind: str = "contextual", weights="imagenet", band_width: float = 0.5,
@@ -224,8 +245,20 @@ class DomainTransferObjective(nn.Module):
         weights: VGG19 weights.
         band_width: h.
 
-    The batch holds ``"source"`` (images of one domain) and ``"target"`` (random images of the
-    other domain, one per source image).
+    Shape:
+        - The batch: ``{"source": images of one domain (B, 3, H, W), "target": random images of
+          the other domain (B, 3, H, W)}``; the output: (the loss, a dict of its terms).
+
+    Example:
+        >>> import torch
+        >>> from cxlib import CRN, crn_config
+        >>> from cxlib.training import DomainTransferObjective
+        >>> net = CRN(crn_config(16, wide=6, narrow=4, narrow_from=16))
+        >>> objective = DomainTransferObjective(weights=None)
+        >>> batch = {"source": torch.rand(2, 3, 16, 16), "target": torch.rand(2, 3, 16, 16)}
+        >>> loss, logs = objective(net, batch)
+        >>> sorted(logs)
+        ['source/conv4_2', 'target/conv3_2', 'target/conv4_2']
     """
 
     def __init__(self, *, weights="imagenet", band_width: float = 0.5) -> None:
@@ -237,93 +270,3 @@ class DomainTransferObjective(nn.Module):
         source = batch["source"]
         terms = self.loss.terms(model(source), target=batch["target"], source=source)
         return sum(terms.values()), _as_float_logs(terms)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxlib.apps",
-                                     description="Train a CRN for one of the paper's applications.")
-    sub = parser.add_subparsers(dest="task", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run-dir", required=True, help="checkpoint and samples go here; an existing run resumes")
-        p.add_argument("--size", type=int, default=256, help="output side (power of two); default %(default)s")
-        p.add_argument("--steps", type=int, default=100_000)
-        p.add_argument("--batch-size", type=int, default=1)
-        p.add_argument("--lr", type=float, default=1e-4)
-        p.add_argument("--checkpoint-every", type=int, default=500)
-        p.add_argument("--sample-every", type=int, default=500)
-        p.add_argument("--amp", action="store_true", help="mixed precision")
-        p.add_argument("--weights", default="imagenet", help="'imagenet', 'random' or a state dict path")
-
-    animation = sub.add_parser("animation", help="single-image animation")
-    animation.add_argument("--video", required=True, help="the video whose frames give the poses")
-    animation.add_argument("--target", required=True, help="the image whose look the output takes")
-    animation.add_argument("--baseline", action="store_true", help="train L_Gram^t + L_P^s instead")
-    common(animation)
-    puppet = sub.add_parser("puppet", help="puppet control from (drawing, frame) pairs")
-    puppet.add_argument("--video", required=True, help="the puppet's video; drawings are its edge maps")
-    puppet.add_argument("--baseline", action="store_true", help="train L_1^t + L_P^t instead")
-    common(puppet)
-    domain = sub.add_parser("domain", help="unpaired domain transfer on CelebA")
-    domain.add_argument("--celeba", required=True, help="the CelebA folder")
-    domain.add_argument("--attribute", default="Male")
-    domain.add_argument("--from-present", action="store_true",
-                        help="translate faces WITH the attribute into faces without it (default: the reverse)")
-    common(domain)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .crn import CRN, crn_config
-    from .data import CelebAAttribute, StackedImages, VideoFrames, edge_map, read_image_file
-    from .train import StepBatches, train, training_device
-
-    args = _parser().parse_args(argv)
-    weights = None if args.weights == "random" else args.weights
-    in_channels = 1 if args.task == "puppet" else 3
-    model = CRN(crn_config(args.size), in_channels=in_channels)
-    if args.task == "animation":
-        frames = VideoFrames(args.video, args.size)
-        target = read_image_file(args.target, args.size)[None]
-        objective = AnimationObjective(target, kind="gram" if args.baseline else "contextual", weights=weights)
-        sources = StepBatches(frames, args.batch_size)
-
-        def batch(step):
-            return {"source": sources(step)}
-        samples = frames.images[:: max(1, len(frames) // 8)][:8]
-    elif args.task == "puppet":
-        frames = VideoFrames(args.video, args.size)
-        drawings = StackedImages(edge_map(frames.images))
-        objective = PuppetObjective(kind="l1" if args.baseline else "contextual", weights=weights)
-        pairs = StepBatches(StackedImages(torch.cat([drawings.images, frames.images], 1)), args.batch_size)
-
-        def batch(step):
-            both = pairs(step)
-            return {"source": both[:, :1], "target": both[:, 1:]}
-        samples = drawings.images[:: max(1, len(drawings) // 8)][:8]
-    else:
-        source_set = CelebAAttribute(args.celeba, attribute=args.attribute, present=args.from_present, size=args.size)
-        target_set = CelebAAttribute(args.celeba, attribute=args.attribute, present=not args.from_present, size=args.size)
-        objective = DomainTransferObjective(weights=weights)
-        sources, targets = StepBatches(source_set, args.batch_size, seed=0), StepBatches(target_set, args.batch_size, seed=1)
-
-        def batch(step):
-            return {"source": sources(step), "target": targets(step)}
-        samples = torch.stack([source_set[i] for i in range(8)])
-    # The local rank's GPU under torchrun: the objective (VGG19, targets) must live where the
-    # model trains.
-    device = training_device(None)
-    objective.to(device)
-    result = train(model, objective, batch, steps=args.steps, run_dir=args.run_dir, lr=args.lr,
-                   sample_inputs=samples, sample_every=args.sample_every,
-                   checkpoint_every=args.checkpoint_every, amp=args.amp, device=device,
-                   description=f"{args.task} (CRN {args.size})")
-    if not result.history:
-        return 0
-    print(f"step {result.step}: loss {result.history[-1]['loss']:.4f}; "
-          f"checkpoint in {args.run_dir}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Steps 3 to 6 of the contextual loss on a whole distance matrix (the reference, "full" path).
+"""The full-matrix path: steps 3 to 6 of the contextual loss on whole (Nx, N) matrices (the
+reference; ``implementation="full"``).
 
 Given distances d (B, Nx, N) between generated points x_i and target points y_j:
 
@@ -28,7 +29,7 @@ __all__ = [
     "Term",
     "relative_distance",
     "row_denominator",
-    "similarity_from_terms",
+    "full_similarity",
     "similarity_logits",
     "similarity_matrix",
 ]
@@ -37,7 +38,7 @@ __all__ = [
 @dataclass(frozen=True)
 class Term:
     """One comparison entering CX_ij: prepared points (B, Nx, C) and (B, N, C), a distance name
-    (see :mod:`cxlib.distances`) and the weight of its CX_ij in the mix."""
+    (see :mod:`cxlib.contextual.distances`) and the weight of its CX_ij in the mix."""
 
     x_points: torch.Tensor
     y_points: torch.Tensor
@@ -71,7 +72,7 @@ def similarity_matrix(distance: torch.Tensor, band_width: float, eps: float) -> 
     return torch.softmax(logits, dim=-1)
 
 
-def similarity_from_terms(terms: Sequence[Term], band_width: float, eps: float) -> torch.Tensor:
+def full_similarity(terms: Sequence[Term], band_width: float, eps: float) -> torch.Tensor:
     """Eq. 5 on full matrices: CX(X, Y) per sample, (B,), of the weighted mix of the terms."""
     cx = sum(
         term.weight

@@ -28,9 +28,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .distances import pairwise_distance
-from .similarity import Term, row_denominator
+from .full import Term, row_denominator
 
-__all__ = ["blocked_similarity", "default_block_rows"]
+__all__ = ["blocked_similarity", "default_block_size"]
 
 #: Numbers in one (B, rows, N) block that the automatic block size aims for, per device type:
 #: 8 MiB of float32 on the CPU (fits the caches better than bigger blocks, measured fastest
@@ -38,7 +38,7 @@ __all__ = ["blocked_similarity", "default_block_rows"]
 BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}
 
 
-def default_block_rows(batch: int, num_x: int, num_y: int, device: torch.device) -> int:
+def default_block_size(batch: int, num_x: int, num_y: int, device: torch.device) -> int:
     """Rows per block so that a block holds about :data:`BLOCK_ELEMENTS` numbers."""
     budget = BLOCK_ELEMENTS.get(device.type, BLOCK_ELEMENTS["cpu"])
     return max(1, min(num_x, budget // max(1, batch * num_y)))
@@ -95,7 +95,7 @@ def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_ro
 class _BlockedSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, settings, *points):
-        distances, weights, band_width, eps, block_rows = settings
+        distances, weights, band_width, eps, block_size = settings
         x_first = points[0]
         batch, num_x = x_first.shape[:2]
         num_y = points[1].shape[1]
@@ -109,8 +109,8 @@ class _BlockedSimilarity(torch.autograd.Function):
             for _ in distances
         ]
 
-        for start in range(0, num_x, block_rows):
-            stop = min(start + block_rows, num_x)
+        for start in range(0, num_x, block_size):
+            stop = min(start + block_size, num_x)
             mixed = None
             for t, (distance, weight) in enumerate(zip(distances, weights)):
                 x_points, y_points = points[2 * t], points[2 * t + 1]
@@ -133,7 +133,7 @@ class _BlockedSimilarity(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_score):
-        distances, weights, band_width, eps, block_rows = ctx.settings
+        distances, weights, band_width, eps, block_size = ctx.settings
         best_row, *saved = ctx.saved_tensors
         num_terms = len(distances)
         points, flat_stats = saved[: 2 * num_terms], saved[2 * num_terms :]
@@ -143,8 +143,8 @@ class _BlockedSimilarity(torch.autograd.Function):
         needs = ctx.needs_input_grad[1:]
         grads = [torch.zeros_like(p) if needed else None for p, needed in zip(points, needs)]
 
-        for start in range(0, num_x, block_rows):
-            stop = min(start + block_rows, num_x)
+        for start in range(0, num_x, block_size):
+            stop = min(start + block_size, num_x)
             rows = stop - start
             local_row = best_row - start
             in_block = (local_row >= 0) & (local_row < rows)
@@ -172,25 +172,25 @@ def blocked_similarity(
     *,
     band_width: float,
     eps: float,
-    block_rows: int | None = None,
+    block_size: int | None = None,
 ) -> torch.Tensor:
     """CX(X, Y) per sample, (B,), of the weighted mix of ``terms``, computed in blocks of rows.
 
     Args:
-        terms: the comparisons whose CX_ij are mixed (see :class:`cxlib.similarity.Term`); all
+        terms: the comparisons whose CX_ij are mixed (see :class:`cxlib.contextual.full.Term`); all
             share the same Nx generated and N target positions.
         band_width: h of Eq. 3.
         eps: eps of Eq. 2.
-        block_rows: rows of the (Nx, N) matrix per block; ``None`` picks
-            :func:`default_block_rows`.
+        block_size: rows of the (Nx, N) matrix per block; ``None`` picks
+            :func:`default_block_size`.
     """
     x_points, y_points = terms[0].x_points, terms[0].y_points
-    if block_rows is None:
+    if block_size is None:
         batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
-        block_rows = default_block_rows(batch, num_x, num_y, x_points.device)
+        block_size = default_block_size(batch, num_x, num_y, x_points.device)
     settings = (
         tuple(t.distance for t in terms), tuple(t.weight for t in terms), band_width, eps,
-        block_rows,
+        block_size,
     )
     flat = [p for t in terms for p in (t.x_points, t.y_points)]
     return _BlockedSimilarity.apply(settings, *flat)

@@ -16,6 +16,10 @@ import warnings
 
 import torch
 
+from .blocked import blocked_similarity
+from .distances import as_point_sets, prepare_points
+from .full import Term, full_similarity
+
 __all__ = ["FusedFallbackWarning", "fused_verdict", "reset_fused_verdicts", "value_and_gradients"]
 
 #: Tolerances of the check, as in tests/test_fused.py: values against a float64 reference, and
@@ -46,15 +50,51 @@ def _problem(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, to
 
 
 def value_and_gradients(x: torch.Tensor, y: torch.Tensor, distance: str, implementation: str,
-                        *, band_width: float = 0.3):
-    """CX(X, Y) per sample and its gradients with respect to x and y, for a fixed, uneven
-    weighting of the samples (so that a wrong per-sample gradient cannot hide in a sum)."""
-    from .contextual import contextual_similarity
+                        *, band_width: float = 0.3, eps: float = 1e-5):
+    """CX(X, Y) per sample on one path, and its gradients with respect to x and y, for a fixed,
+    uneven weighting of the samples (so that a wrong per-sample gradient cannot hide in a sum).
 
+    Works on the paths' own functions, below the public API (which chooses among them).
+
+    Args:
+        x: generated features.
+        y: target features.
+        distance: ``"cosine"`` or ``"l2"`` (and ``"l1"`` off the fused path).
+        implementation: ``"full"``, ``"blocked"`` or ``"fused"``.
+        band_width: h.
+        eps: epsilon of Eq. 2.
+
+    Shape:
+        - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
+        - Output: the values (B,) and the gradients, shaped as x and y.
+
+    Returns:
+        ``(value, (grad_x, grad_y))``, all detached.
+
+    Example:
+        >>> import torch
+        >>> from cxlib.contextual.fused_check import value_and_gradients
+        >>> x, y = torch.randn(2, 4, 3, 3, dtype=torch.float64), torch.randn(2, 4, 3, 3, dtype=torch.float64)
+        >>> full = value_and_gradients(x, y, "cosine", "full")
+        >>> blocked = value_and_gradients(x, y, "cosine", "blocked")
+        >>> bool(torch.allclose(full[1][0], blocked[1][0]))
+        True
+    """
     x = x.detach().requires_grad_()
     y = y.detach().requires_grad_()
-    value = contextual_similarity(x, y, band_width=band_width, distance=distance,
-                                  implementation=implementation)
+    x_points, y_points = prepare_points(distance, as_point_sets(x), as_point_sets(y))
+    if implementation == "fused":
+        from .fused import fused_similarity
+
+        value = fused_similarity(x_points, y_points, distance=distance, band_width=band_width,
+                                 eps=eps).to(x.dtype)
+    elif implementation == "blocked":
+        value = blocked_similarity([Term(x_points, y_points, distance)], band_width=band_width,
+                                   eps=eps)
+    elif implementation == "full":
+        value = full_similarity([Term(x_points, y_points, distance)], band_width, eps)
+    else:
+        raise ValueError(f"implementation must be 'full', 'blocked' or 'fused', got {implementation!r}")
     upstream = torch.linspace(1.0, -0.5, value.shape[0], device=value.device, dtype=value.dtype)
     grads = torch.autograd.grad(value, (x, y), upstream)
     return value.detach(), grads

@@ -20,7 +20,7 @@ small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2
 
 The kernels run on CUDA; with ``TRITON_INTERPRET=1`` they also run (slowly) on the CPU, which is
 how the tests check them. Their launch settings (tile sizes, warps, stages, register cap) come
-from ``launch_config``; :mod:`cxlib.fused_report` (``python -m cxlib.fused_report``) compiles
+from ``launch_config``; :mod:`cxlib.contextual.fused_report` (``python -m cxlib.contextual.fused_report``) compiles
 every variant for sm_80 and sm_90a without a GPU and reads registers and spills from ptxas.
 """
 
@@ -259,7 +259,7 @@ if triton is not None:
 
 # Launch configuration --------------------------------------------------------------------------
 # One place for what the launches pass besides the tensors: the constexprs and Triton's launch
-# options. _FusedSimilarity launches through launch_config, and cxlib.fused_report compiles the
+# options. _FusedSimilarity launches through launch_config, and cxlib.contextual.fused_report compiles the
 # same configurations (tests/test_fused_compile.py checks registers and spills with ptxas).
 
 #: The kernels, by name.

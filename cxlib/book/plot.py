@@ -10,22 +10,40 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._optional import require
 from .images import to_numpy_image
 
 __all__ = ["correspondence_field", "position_colors", "show_correspondence", "show_images"]
 
 
 def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("cxlib.plot needs matplotlib: pip install matplotlib") from error
-    return plt
+    return require("matplotlib.pyplot", extra="book", purpose="cxlib.book.plot")
 
 
 def show_images(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, *,
                 ncols: int | None = None, size: float = 2.6, suptitle: str | None = None):
-    """Draw images (each (1, 3, H, W), (3, H, W) or (H, W)) in a row or grid, without axes."""
+    """Draw images in a row or grid, without axes.
+
+    Args:
+        images: the images, in [0, 1].
+        titles: one title per image, or ``None``.
+        ncols: images per row (``None``: all in one row).
+        size: inches per image.
+        suptitle: a title over the figure.
+
+    Shape:
+        - Each image: (1, 3, H, W), (3, H, W) or (H, W).
+
+    Returns:
+        The matplotlib figure.
+
+    Example:
+        >>> import torch
+        >>> from cxlib.book import show_images
+        >>> fig = show_images([torch.rand(3, 8, 8), torch.rand(8, 8)], ["colour", "grey"])
+        >>> len(fig.axes)
+        2
+    """
     plt = _pyplot()
     count = len(images)
     ncols = ncols or count
@@ -97,6 +115,21 @@ def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, so
         target_shape: (H, W) of the target's feature map.
         title: the figure's title.
         names: what to call the source and the target in the panels.
+
+    Shape:
+        - source, target: (1, 3, H, W) images, at any size (the feature maps' sizes are given).
+
+    Returns:
+        The matplotlib figure.
+
+    Example:
+        >>> import torch, cxlib
+        >>> from cxlib.book import show_correspondence
+        >>> x = torch.rand(1, 3, 16, 16)
+        >>> m = cxlib.contextual_matrices(x, x)
+        >>> fig = show_correspondence(x, x, m, (16, 16), (16, 16))
+        >>> len(fig.axes) >= 4
+        True
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0))

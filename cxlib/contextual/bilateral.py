@@ -25,18 +25,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_generator, check_nonnegative
-from ._reduction import REDUCTIONS, reduce_batch
-from .contextual import Settings, check_settings, sampled_point_sets, score_terms
+from .._checks import check_choice, check_generator, check_nonnegative
+from .._reduction import REDUCTIONS, reduce_batch
 from .distances import prepare_points
-from .similarity import Term
+from .full import Term
+from .paths import score_terms
+from .sampling import sampled_point_sets
+from .settings import Settings, check_settings
 
 __all__ = ["ContextualBilateralLoss", "contextual_bilateral_loss", "position_grid"]
 
 
 def position_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str | None = None) -> torch.Tensor:
-    """Coordinates of the pixel centres of an (height, width) map in [0, 1], as (H*W, 2) (row, col).
+    """Coordinates of the pixel centres of an (height, width) map, in [0, 1]: CoBi's spatial
+    features.
+
+    Args:
+        height: rows of the map.
+        width: columns of the map.
+        dtype: of the coordinates.
+        device: of the coordinates.
+
+    Shape:
+        - Output: (H * W, 2), (row, col) in row-major order.
+
+    Returns:
+        The coordinates.
 
     Example:
         >>> import cxlib
@@ -116,6 +131,9 @@ def contextual_bilateral_loss(
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
         - Output: a scalar, or (B,) with ``reduction="none"``.
 
+    Returns:
+        The loss, in the dtype of ``x``.
+
     Example:
         >>> import torch, cxlib
         >>> y = torch.randn(1, 8, 6, 6)
@@ -146,6 +164,17 @@ class ContextualBilateralLoss(nn.Module):
         generator: CPU random generator for ``sample_positions``, kept and advanced at every
             call (``None``: torch's global one).
         check_finite: refuse NaN and inf inputs (one device synchronisation per call).
+
+    Shape:
+        - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
+        - Output: a scalar, or (B,) with ``reduction="none"``.
+
+    Example:
+        >>> import torch, cxlib
+        >>> criterion = cxlib.ContextualBilateralLoss(weight_sp=0.1)
+        >>> y = torch.randn(1, 8, 6, 6)
+        >>> float(criterion(y, y)) < 1e-4
+        True
     """
 
     def __init__(self, *, weight_sp: float = 0.1, band_width: float = 0.5, eps: float = 1e-5,

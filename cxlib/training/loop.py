@@ -1,7 +1,7 @@
 """A training loop that survives being killed: checkpoints written atomically, exact resumption.
 
 :func:`train` runs Adam on a model for a number of steps. Each step's batch comes from a function
-of the step number (see :class:`StepBatches`), so a resumed run sees the same batches as an
+of the step number (see :class:`cxlib.training.StepBatches`), so a resumed run sees the same batches as an
 uninterrupted one; the checkpoint holds the model, the optimiser, the gradient scaler, the step,
 the loss history and every random generator's state, and is written to a temporary file and then
 renamed, so a run killed at any moment leaves the previous checkpoint intact. Checkpoints are
@@ -18,72 +18,26 @@ optimises the same objective.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel, rank r
 trains on the batches of steps ``step * world_size + r``, and only rank 0 writes files::
 
-    torchrun --standalone --nproc_per_node=4 -m cxlib.apps animation --run-dir runs/animation
+    torchrun --standalone --nproc_per_node=4 -m cxlib.training animation --run-dir runs/animation
 """
 
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from ._checks import check_positive, check_positive_int
+from .._checks import check_positive, check_positive_int
+from .checkpoint import CHECKPOINT_NAME, _rng_state, _save_atomically, _set_rng_state, load_checkpoint
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "StepBatches",
-    "TrainResult",
-    "checkpoint_step",
-    "load_checkpoint",
-    "measure_step_time",
-    "train",
-    "training_device",
-]
-
-#: File name of the checkpoint inside the run directory.
-CHECKPOINT_NAME = "checkpoint.pt"
+__all__ = ["TrainResult", "measure_step_time", "train", "training_device"]
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], "torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]"]
-
-
-class StepBatches:
-    """The batch of step s: ``batch_size`` distinct items of a dataset drawn with a generator
-    seeded by (seed, s), stacked. The same step always gives the same batch, which is what makes
-    resumption exact.
-
-    Args:
-        dataset: any map-style dataset of tensors.
-        batch_size: items per batch.
-        seed: seed of the draws.
-
-    Example:
-        >>> import torch, cxlib
-        >>> batches = cxlib.StepBatches(cxlib.StackedImages(torch.rand(10, 3, 4, 4)), 2, seed=0)
-        >>> torch.equal(batches(5), batches(5)), batches(5).shape
-        (True, torch.Size([2, 3, 4, 4]))
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, *, seed: int = 0) -> None:
-        self.dataset = dataset
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        if len(dataset) < self.batch_size:
-            raise ValueError(f"the dataset has {len(dataset)} items, fewer than batch_size={batch_size}")
-        self.seed = int(seed)
-
-    def indices(self, step: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-        return torch.randperm(len(self.dataset), generator=generator)[: self.batch_size]
-
-    def __call__(self, step: int) -> torch.Tensor:
-        return torch.stack([self.dataset[int(i)] for i in self.indices(step)])
 
 
 @dataclass
@@ -111,70 +65,20 @@ class TrainResult:
     finished: bool = False
 
 
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": numpy_state[0], "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
-                  "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
-                  "cached": float(numpy_state[4])},
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        # A run saved on more GPUs than this machine has (Colab's one, say) resumes too: the
-        # generators of the GPUs that are here get their saved states.
-        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(saved, index)
-
-
-def _save_atomically(obj: Mapping, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`train` (``weights_only=True``: no code is run).
-
-    On the CPU by default: :func:`train` reads it so and moves what belongs on the device itself
-    (the random generators' states must stay CPU tensors).
-    """
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def checkpoint_step(run_dir: str | Path) -> int:
-    """The step of the checkpoint in ``run_dir``, 0 if there is none: how far a run has come.
-
-    Example:
-        >>> import cxlib
-        >>> cxlib.checkpoint_step("no/such/run")
-        0
-    """
-    path = Path(run_dir) / CHECKPOINT_NAME
-    return int(load_checkpoint(path)["step"]) if path.is_file() else 0
-
-
 def training_device(device: str | torch.device | None = None) -> torch.device:
     """The device :func:`train` uses: ``device`` if given, else CUDA if present, else the CPU.
 
     A CUDA device without an index means the local rank's GPU (``LOCAL_RANK``, set by torchrun;
     0 otherwise), so that under torchrun every rank trains on its own GPU.
 
+    Args:
+        device: the device asked for, or ``None``.
+
+    Returns:
+        The device to train on.
+
     Example:
-        >>> from cxlib.train import training_device
+        >>> from cxlib.training import training_device
         >>> training_device("cpu")
         device(type='cpu')
     """
@@ -272,8 +176,29 @@ def measure_step_time(
     a fresh optimiser: the model, the objective and the random generators are left as they were.
     Chapters use it to say what a long run will cost before starting it.
 
+    Args:
+        model: the network (left untouched).
+        loss_fn: the objective, as for :func:`train` (left untouched).
+        batch_fn: the batch of a step, as for :func:`train`.
+        steps: timed steps after the warm-up one.
+        lr: Adam's learning rate.
+        amp: mixed precision, as for :func:`train`.
+        device: where to measure, as for :func:`train`.
+
+    Shape:
+        - ``batch_fn(step)``: a dict of tensors whose first dimension is the batch.
+
     Returns:
         The mean seconds per step (CUDA work included: the device is synchronised).
+
+    Example:
+        >>> import torch
+        >>> from cxlib.training import measure_step_time
+        >>> net = torch.nn.Conv2d(3, 3, 3, padding=1)
+        >>> seconds = measure_step_time(net, lambda m, b: m(b["x"]).square().mean(),
+        ...                             lambda s: {"x": torch.rand(2, 3, 8, 8)}, steps=2)
+        >>> 0 < seconds < 10
+        True
     """
     import copy
 
@@ -322,7 +247,7 @@ def train(
         model: the network (its parameters are updated in place).
         loss_fn: ``loss_fn(model, batch)`` returns the loss, or (loss, dict of values to log).
         batch_fn: ``batch_fn(step)`` returns the batch of that step: a dict of tensors (moved to
-            the device here). It must depend only on the step (see :class:`StepBatches`).
+            the device here). It must depend only on the step (see :class:`cxlib.training.StepBatches`).
         steps: the total number of steps; a resumed run does the remaining ones.
         run_dir: where the checkpoint (``checkpoint.pt``) and sample grids (``samples/``) go.
         lr: Adam's learning rate (the paper: 1e-4).
@@ -340,8 +265,29 @@ def train(
             start (a checkpoint is written): a notebook cell stays within a time budget, and
             running :func:`train` again continues. ``None``: no limit.
 
+    Shape:
+        - ``batch_fn(step)``: a dict of tensors whose first dimension is the batch; under
+          torchrun, each rank's own batch.
+        - ``sample_inputs``: (S, C, H, W), the model's input.
+
     Returns:
         A :class:`TrainResult`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from cxlib.training import train
+        >>> net = torch.nn.Conv2d(3, 3, 3, padding=1)
+        >>> target = torch.rand(2, 3, 8, 8)
+        >>> run = tempfile.mkdtemp()
+        >>> result = train(net, lambda m, b: (m(b["x"]) - target).square().mean(),
+        ...                lambda s: {"x": target}, steps=4, run_dir=run, lr=1e-2,
+        ...                progress=False, device="cpu")
+        >>> result.step, result.history[-1]["loss"] < result.history[0]["loss"]
+        (4, True)
+        >>> train(net, lambda m, b: (m(b["x"]) - target).square().mean(),  # resumes: done
+        ...       lambda s: {"x": target}, steps=4, run_dir=run, progress=False,
+        ...       device="cpu").resumed_from
+        4
     """
     steps = check_positive_int("steps", steps)
     lr = check_positive("lr", lr)

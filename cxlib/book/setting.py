@@ -12,7 +12,7 @@ override it:
   samples), ``runs`` by default; on Colab, point it at Google Drive so that a disconnected
   runtime does not lose its training.
 
-Every chapter starts with ``setting = cxlib.setting.book_setting()``, picks its sizes with
+Every chapter starts with ``setting = cxlib.book.setting.book_setting()``, picks its sizes with
 ``setting.choose(fast=..., full=...)``, and shows ``setting.provenance()``: one line that says
 with which setting, device, VGG19 weights, cxlib version and date the page was made.
 """
@@ -74,7 +74,7 @@ def resolve_setting(cuda_available: bool | None = None) -> tuple[str, str]:
 
     Example:
         >>> import os
-        >>> from cxlib.setting import resolve_setting
+        >>> from cxlib.book.setting import resolve_setting
         >>> os.environ["CXLIB_SETTING"] = "fast"
         >>> resolve_setting()
         ('fast', 'CXLIB_SETTING=fast')
@@ -179,7 +179,7 @@ class BookSetting:
         this one. The number of steps belongs outside the key: a longer run continues a shorter.
 
         Example:
-            >>> from cxlib.setting import book_setting
+            >>> from cxlib.book.setting import book_setting
             >>> book_setting(device="cpu").runs_dir("animation", "64px").parts[-2:]
             ('animation', '64px')
             >>> book_setting(device="cpu").runs_dir("animation", key=(0.1, [64, 32])).name
@@ -199,12 +199,12 @@ class BookSetting:
 
         Example:
             >>> import datetime
-            >>> from cxlib.setting import book_setting
+            >>> from cxlib.book.setting import book_setting
             >>> s = book_setting(device="cpu")
             >>> str(s.provenance(today=datetime.date(2026, 1, 2))).endswith("date 2026-01-02")
             True
         """
-        from . import __version__
+        from .. import __version__
 
         today = today or datetime.date.today()
         weights = self.vgg_weights if self.vgg_weights is not None else "not used in this chapter"
@@ -229,14 +229,18 @@ def book_setting(seed: int = 0, *, device: str | torch.device | None = None,
             (downloading them into the torch hub cache if needed, see
             :func:`cxlib.vgg.imagenet_weights_status`), so that the page can say so.
 
+    Returns:
+        The chapter's :class:`BookSetting`: the setting's name and why, the device, the seed
+        and the VGG weights the chapter will get.
+
     Raises:
         ValueError: ``CXLIB_SETTING`` or ``CXLIB_SEED`` has a value that is not understood.
         WeightsUnavailableError: ``uses_vgg`` and the ImageNet weights cannot be had, and
             ``CXLIB_ALLOW_RANDOM_WEIGHTS=1`` is not set.
 
     Example:
-        >>> import cxlib.setting
-        >>> s = cxlib.setting.book_setting(seed=1, device="cpu")
+        >>> import cxlib.book.setting
+        >>> s = cxlib.book.setting.book_setting(seed=1, device="cpu")
         >>> s.choose(fast=64, full=256) in (64, 256)
         True
     """
@@ -255,7 +259,7 @@ def book_setting(seed: int = 0, *, device: str | torch.device | None = None,
     torch.manual_seed(seed)
     weights = None
     if uses_vgg:
-        from .vgg import imagenet_weights_status
+        from ..vgg import imagenet_weights_status
 
         weights = imagenet_weights_status()
     return BookSetting(name=name, reason=reason, device=device, seed=seed, vgg_weights=weights)
@@ -266,6 +270,17 @@ def glue(name: str, value: object) -> None:
     written ``{glue:text}`name:.1f``` instead of a number typed by hand.
 
     Nothing is shown in the notebook; where myst-nb is not installed (Colab), nothing happens.
+
+    Args:
+        name: the name the page's text uses.
+        value: the value (a number, a string, a figure).
+
+    Returns:
+        None.
+
+    Example:
+        >>> from cxlib.book import glue
+        >>> glue("psnr_cx", 27.3)  # shown in the page as {glue:text}`psnr_cx:.1f`
     """
     try:
         from myst_nb import glue as myst_glue

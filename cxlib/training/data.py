@@ -7,34 +7,38 @@ Every dataset returns float images (3, S, S) in [0, 1], cropped to a centred squ
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ._checks import check_positive_int, check_tensor
-from .images import image_from_array, misalign
+from .._optional import require
+from .._checks import check_positive_int, check_tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CelebAAttribute",
     "ImageFolder",
     "StackedImages",
+    "StepBatches",
     "VideoFrames",
     "edge_map",
+    "image_from_array",
     "read_image_file",
     "square_resize",
-    "synthetic_faces",
-    "synthetic_video",
     "write_video",
 ]
+
+
+def _imageio():
+    return require("imageio.v3", extra="train", purpose="reading and writing image files and videos")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -48,16 +52,130 @@ def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.resize(square, [size, size], antialias=True).clamp(0.0, 1.0)
 
 
+def image_from_array(array) -> torch.Tensor:
+    """An image array as read from a file, as a (3, H, W) float32 tensor in [0, 1].
+
+    Takes what image readers (imageio, Pillow, scikit-image) return: (H, W) grey, (H, W, C) with
+    C = 1 (grey), 2 (grey and alpha), 3 (RGB) or 4 (RGBA), or (1, H, W, C) (the first frame of
+    a GIF). Integer pixels are scaled by their type's range: 8-bit by 255, 16-bit by 65535
+    (also when a reader returns 16-bit pixels as int32, as Pillow's mode "I" does), booleans are
+    0 or 1, and floating-point pixels are taken as they are. Grey is repeated over RGB and alpha
+    is dropped (as Pillow's ``convert("RGB")``). Palette images are read as RGB by the readers.
+
+    Raises:
+        ValueError: an array of another shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from cxlib.training.data import image_from_array
+        >>> image_from_array(np.full((2, 2), 65535, np.uint16)).unique().tolist()
+        [1.0]
+    """
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            "expected an image array (H, W), (H, W, C) with C in 1-4, or (1, H, W, C); "
+            f"got shape {array.shape}"
+        )
+    channels = array.shape[-1]
+    array = array[..., :1] if channels in (1, 2) else array[..., :3]
+    if array.dtype == np.bool_:
+        scaled = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        top = np.iinfo(array.dtype).max
+        if array.dtype.itemsize > 2 and array.max(initial=0) <= 65535:
+            top = 65535  # 16-bit pixels in a wider type
+        scaled = array.astype(np.float32) / np.float32(top)
+    elif np.issubdtype(array.dtype, np.floating):
+        scaled = array
+    else:
+        raise ValueError(f"expected integer, boolean or floating-point pixels, got {array.dtype}")
+    image = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32)).permute(2, 0, 1)
+    return image.expand(3, -1, -1).clamp(0.0, 1.0).contiguous()
+
+
 def read_image_file(path: str | Path, size: int) -> torch.Tensor:
-    """One image file as (3, size, size) in [0, 1]: 8- or 16-bit, float, grey, RGB(A) or palette
-    (see :func:`cxlib.images.image_from_array`); the first frame of an animation."""
-    import imageio.v3 as iio
+    """One image file, its centred square resized, as a float tensor in [0, 1].
+
+    Reads 8- and 16-bit, float, grey, RGB(A) and palette images (see :func:`image_from_array`),
+    and the first frame of an animation.
+
+    Args:
+        path: the file.
+        size: the side of the square returned.
+
+    Shape:
+        - Output: (3, size, size).
+
+    Returns:
+        The image.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, imageio.v3 as iio
+        >>> from cxlib.training import read_image_file
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "grey16.png"
+        >>> iio.imwrite(path, np.full((6, 9), 65535, np.uint16))
+        >>> read_image_file(path, 4).unique().tolist()
+        [1.0]
+    """
+    iio = _imageio()
 
     return square_resize(image_from_array(iio.imread(path, index=0)), size)
 
 
+class StepBatches:
+    """The batch of step s: ``batch_size`` distinct items of a dataset drawn with a generator
+    seeded by (seed, s), stacked. The same step always gives the same batch, which is what makes
+    resumption exact.
+
+    Args:
+        dataset: any map-style dataset of tensors.
+        batch_size: items per batch.
+        seed: seed of the draws.
+
+    Example:
+        >>> import torch
+        >>> from cxlib.training import StackedImages, StepBatches
+        >>> batches = StepBatches(StackedImages(torch.rand(10, 3, 4, 4)), 2, seed=0)
+        >>> torch.equal(batches(5), batches(5)), batches(5).shape
+        (True, torch.Size([2, 3, 4, 4]))
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        if len(dataset) < self.batch_size:
+            raise ValueError(f"the dataset has {len(dataset)} items, fewer than batch_size={batch_size}")
+        self.seed = int(seed)
+
+    def indices(self, step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
+        return torch.randperm(len(self.dataset), generator=generator)[: self.batch_size]
+
+    def __call__(self, step: int) -> torch.Tensor:
+        return torch.stack([self.dataset[int(i)] for i in self.indices(step)])
+
+
 class StackedImages(Dataset):
-    """A dataset over an in-memory stack of images (N, 3, S, S)."""
+    """A dataset over an in-memory stack of images.
+
+    Args:
+        images: the images.
+
+    Shape:
+        - images: (N, C, H, W); each item: (C, H, W).
+
+    Example:
+        >>> import torch
+        >>> from cxlib.training import StackedImages
+        >>> data = StackedImages(torch.rand(5, 3, 8, 8))
+        >>> len(data), data[2].shape
+        (5, torch.Size([3, 8, 8]))
+    """
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images = check_tensor("images", images, ndim=4)
@@ -76,6 +194,16 @@ class ImageFolder(Dataset):
         root: the folder.
         size: the side of the square images returned.
         extensions: file endings to take.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, imageio.v3 as iio
+        >>> from cxlib.training import ImageFolder
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a.png"):
+        ...     iio.imwrite(root / name, np.zeros((10, 12, 3), np.uint8))
+        >>> folder = ImageFolder(root, 8)
+        >>> [p.name for p in folder.files], folder[0].shape
+        (['a.png', 'b.png'], torch.Size([3, 8, 8]))
     """
 
     def __init__(self, root: str | Path, size: int, *,
@@ -106,11 +234,18 @@ class VideoFrames(StackedImages):
         size: the side of the square frames.
         every: keep every ``every``-th frame.
         max_frames: keep at most this many frames.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from cxlib.training import VideoFrames, write_video
+        >>> clip = write_video(torch.rand(6, 3, 8, 8), pathlib.Path(tempfile.mkdtemp()) / "c.gif")
+        >>> VideoFrames(clip, 4, every=2).images.shape
+        torch.Size([3, 3, 4, 4])
     """
 
     def __init__(self, path: str | Path, size: int, *, every: int = 1,
                  max_frames: int | None = None) -> None:
-        import imageio.v3 as iio
+        iio = _imageio()
 
         path = Path(path)
         if not path.is_file():
@@ -138,8 +273,27 @@ class VideoFrames(StackedImages):
 
 
 def write_video(frames: torch.Tensor, path: str | Path, *, fps: float = 10.0) -> Path:
-    """Write frames (T, 3, H, W) in [0, 1] to a GIF (or any format imageio can write)."""
-    import imageio.v3 as iio
+    """Write frames to a GIF (or any format imageio can write, by the file's ending).
+
+    Args:
+        frames: the frames, in [0, 1].
+        path: the file to write; its folder is created.
+        fps: frames per second.
+
+    Shape:
+        - frames: (T, 3, H, W).
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from cxlib.training import VideoFrames, write_video
+        >>> path = write_video(torch.rand(3, 3, 8, 8), pathlib.Path(tempfile.mkdtemp()) / "clip.gif")
+        >>> len(VideoFrames(path, 8))
+        3
+    """
+    iio = _imageio()
 
     frames = check_tensor("frames", frames, ndim=4)
     array = (frames.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -149,40 +303,27 @@ def write_video(frames: torch.Tensor, path: str | Path, *, fps: float = 10.0) ->
     return path
 
 
-def synthetic_video(image: torch.Tensor, frames: int, *, shift: float = 0.12,
-                    rotation: float = 10.0, warp: float = 0.03, seed: int = 0) -> torch.Tensor:
-    """A photograph that moves: it sways left and right, nods, turns and bends smoothly over
-    ``frames`` frames, as a person in front of a camera might.
+def edge_map(images: torch.Tensor) -> torch.Tensor:
+    """A line drawing of images: the Sobel gradient magnitude of the luminance, scaled to [0, 1] per
+    image. The structural input of the puppet-control application.
 
     Args:
-        image: (1, 3, H, W) in [0, 1].
-        frames: number of frames.
-        shift: largest shift, as a fraction of the width.
-        rotation: largest rotation, in degrees.
-        warp: amplitude of the smooth deformation, as a fraction of the width.
-        seed: seed of the deformation.
+        images: RGB images.
+
+    Shape:
+        - images: (B, 3, H, W).
+        - Output: (B, 1, H, W), in the dtype of ``images``.
 
     Returns:
-        (frames, 3, H, W).
+        The edge maps.
+
+    Example:
+        >>> import torch
+        >>> from cxlib.training import edge_map
+        >>> x = torch.zeros(1, 3, 4, 6); x[..., 3:] = 1.0
+        >>> edge_map(x)[0, 0, 0].tolist()
+        [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     """
-    image = check_tensor("image", image, ndim=4)
-    size = image.shape[-1]
-    out = []
-    for t in range(check_positive_int("frames", frames)):
-        phase = 2 * math.pi * t / frames
-        out.append(misalign(
-            image,
-            shift=(0.4 * shift * size * math.sin(2 * phase), shift * size * math.sin(phase)),
-            rotation=rotation * math.sin(phase + 0.7),
-            warp=warp * size,
-            generator=torch.Generator().manual_seed(seed + t // max(1, frames // 4)),
-        ))
-    return torch.cat(out)
-
-
-def edge_map(images: torch.Tensor) -> torch.Tensor:
-    """A line drawing of images (B, 3, H, W): Sobel gradient magnitude of the luminance, scaled
-    to [0, 1] per image, (B, 1, H, W). The structural input of the puppet-control chapter."""
     images = check_tensor("images", images, ndim=4)
     like = {"dtype": images.dtype, "device": images.device}
     # ITU-R 601 luma with weights summing to 1 (torchvision's rgb_to_grayscale uses 0.2989, whose
@@ -193,83 +334,6 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
     grad = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)
     magnitude = grad.square().sum(1, keepdim=True).sqrt()
     return magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
-
-
-def synthetic_faces(count: int, size: int, *, coloured_lips: bool = False, hair: bool = False,
-                    seed: int = 0, layout: bool = False):
-    """Drawn faces at random places: a skin-coloured head on a plain background, two eyes, a nose
-    and a mouth, with (``coloured_lips=True``) or without (dark line) red lips.
-
-    The two settings of ``coloured_lips`` make the two domains of the domain-transfer chapter:
-    they differ in one visible attribute, while head position, size and colours vary freely.
-
-    Args:
-        count: number of faces.
-        size: side of the images.
-        coloured_lips: red lips (True) or a dark line (False).
-        hair: a cap of dark red hair over the top of the head (True) or none (False).
-        seed: seed of the faces' positions, sizes and colours.
-        layout: also return each face's layout drawing: three channels holding the masks of the
-            head, the eyes and the mouth (the structural input of the puppet-control chapter).
-
-    Returns:
-        The images (count, 3, size, size) in [0, 1], and the mouth box of each face
-        (count, 4) as (top, left, bottom, right) in pixels, where the attribute is measured;
-        with ``layout=True``, also the layouts (count, 3, size, size).
-    """
-    count = check_positive_int("count", count)
-    size = check_positive_int("size", size)
-    g = torch.Generator().manual_seed(seed)
-
-    def uniform(low: float, high: float, n: int = count) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=g)
-
-    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
-                                torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
-    # Pale backgrounds and skin tones that vary a little: the faces differ in place, size and
-    # shade, not so much that a small network needs long to reproduce them.
-    grey = uniform(0.7, 0.9)
-    background = torch.stack([grey + uniform(-0.05, 0.05) for _ in range(3)], dim=1)
-    skin = torch.stack([uniform(0.82, 0.92), uniform(0.62, 0.72), uniform(0.48, 0.58)], dim=1)
-    centre_r, centre_c = uniform(0.42, 0.58) * size, uniform(0.35, 0.65) * size
-    radius_r, radius_c = uniform(0.3, 0.38) * size, uniform(0.22, 0.3) * size
-    images = torch.empty(count, 3, size, size)
-    layouts = torch.zeros(count, 3, size, size)
-    mouths = torch.empty(count, 4)
-    for k in range(count):
-        image = background[k].view(3, 1, 1).expand(3, size, size).clone()
-
-        def ellipse(cr, cc, rr, rc):
-            return ((rows - cr) / rr) ** 2 + ((cols - cc) / rc) ** 2 <= 1.0
-
-        cr, cc, rr, rc = centre_r[k], centre_c[k], radius_r[k], radius_c[k]
-        head = ellipse(cr, cc, rr, rc)
-        image[:, head] = skin[k].view(3, 1)
-        layouts[k, 0][head] = 1.0
-        if hair:
-            cap = ellipse(cr - 0.08 * rr, cc, 1.05 * rr, 1.12 * rc) & (rows < cr - 0.42 * rr)
-            image[:, cap] = torch.tensor([0.45, 0.12, 0.08]).view(3, 1)
-        eye = torch.tensor([0.1, 0.1, 0.15]).view(3, 1)
-        for side in (-1, 1):
-            eye_mask = ellipse(cr - 0.25 * rr, cc + side * 0.42 * rc, 0.09 * rr, 0.16 * rc)
-            image[:, eye_mask] = eye
-            layouts[k, 1][eye_mask] = 1.0
-        nose = ellipse(cr + 0.1 * rr, cc, 0.12 * rr, 0.08 * rc)
-        image[:, nose] = (skin[k] * 0.8).view(3, 1)
-        mouth_r, mouth_h, mouth_w = cr + 0.5 * rr, 0.13 * rr, 0.45 * rc
-        layouts[k, 2][ellipse(mouth_r, cc, mouth_h, mouth_w)] = 1.0
-        if coloured_lips:
-            image[:, ellipse(mouth_r, cc, mouth_h, mouth_w)] = torch.tensor([0.85, 0.08, 0.15]).view(3, 1)
-        else:
-            line = ellipse(mouth_r, cc, 0.35 * mouth_h, mouth_w)
-            image[:, line] = (skin[k] * 0.45).view(3, 1)
-        images[k] = image
-        mouths[k] = torch.tensor([mouth_r - mouth_h, cc - mouth_w, mouth_r + mouth_h, cc + mouth_w])
-    # A soft edge, as a camera would give.
-    images = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    if layout:
-        return images.clamp(0, 1), mouths, layouts
-    return images.clamp(0, 1), mouths
 
 
 _CELEBA_HELP = (
@@ -299,6 +363,10 @@ class CelebAAttribute(Dataset):
     Raises:
         FileNotFoundError: the data is missing; the message says what to put where.
         ValueError: an unknown attribute or split, or a corrupted zip file.
+
+    Example:
+        >>> from cxlib.training import CelebAAttribute
+        >>> CelebAAttribute("data/celeba", attribute="Male", present=False)  # doctest: +SKIP
     """
 
     SPLITS = {"train": "0", "valid": "1", "test": "2"}

@@ -1,0 +1,36 @@
+"""What only the book's chapters use: the setting switch (fast or full), photographs and the
+misalignments they are put through, measures for the figures, plotting, and the synthetic data
+the training chapters learn from offline.
+
+- :mod:`.setting`: :func:`book_setting`, :func:`glue`.
+- :mod:`.images`: scikit-image's photographs, misalignments, noise.
+- :mod:`.metrics`: PSNR, SSIM, edge correlation, colour distance.
+- :mod:`.plot`: image rows and correspondence pictures (matplotlib).
+- :mod:`.synthetic`: a moving photograph, drawn faces.
+
+Needs the ``book`` extra: ``pip install "cxlib[book]"``.
+"""
+
+from .images import PHOTOGRAPHS, add_noise, load_image, misalign, misalignment_grid
+from .metrics import colour_distance, edge_correlation, psnr, ssim
+from .plot import show_correspondence, show_images
+from .setting import book_setting, glue
+from .synthetic import synthetic_faces, synthetic_video
+
+__all__ = [
+    "PHOTOGRAPHS",
+    "add_noise",
+    "book_setting",
+    "colour_distance",
+    "edge_correlation",
+    "glue",
+    "load_image",
+    "misalign",
+    "misalignment_grid",
+    "psnr",
+    "show_correspondence",
+    "show_images",
+    "ssim",
+    "synthetic_faces",
+    "synthetic_video",
+]

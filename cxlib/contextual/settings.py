@@ -1,0 +1,68 @@
+"""The contextual losses' hyper-parameters, checked once, and the choices they name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._checks import check_choice, check_flag, check_positive, check_positive_int
+from .distances import DISTANCES
+
+__all__ = ["IMPLEMENTATIONS", "Settings", "check_settings"]
+
+#: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems and
+#: ``"blocked"`` above (and ``"fused"`` on CUDA where :data:`cxlib.contextual.paths.AUTO_USES_FUSED`
+#: allows it).
+IMPLEMENTATIONS = ("auto", "full", "blocked", "fused")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Checked hyper-parameters shared by the contextual losses (see
+    :func:`cxlib.contextual_loss` for each)."""
+
+    band_width: float
+    eps: float
+    distance: str
+    implementation: str
+    block_size: int | None
+    sample_positions: int | None
+    check_finite: bool = True
+
+
+def check_settings(
+    band_width: object,
+    eps: object,
+    distance: object,
+    implementation: object,
+    block_size: object,
+    sample_positions: object,
+    check_finite: object = True,
+) -> Settings:
+    """Check every hyper-parameter; a clear ``TypeError`` or ``ValueError`` for a bad one.
+
+    Args:
+        band_width: h > 0.
+        eps: epsilon > 0.
+        distance: one of :data:`cxlib.contextual.distances.DISTANCES`.
+        implementation: one of :data:`IMPLEMENTATIONS`.
+        block_size: an int >= 1, or ``None``.
+        sample_positions: an int >= 1, or ``None``.
+        check_finite: a bool.
+
+    Returns:
+        The checked :class:`Settings`.
+
+    Example:
+        >>> from cxlib.contextual.settings import check_settings
+        >>> check_settings(0.5, 1e-5, "cosine", "auto", None, None).band_width
+        0.5
+    """
+    return Settings(
+        band_width=check_positive("band_width", band_width),
+        eps=check_positive("eps", eps),
+        distance=check_choice("distance", distance, DISTANCES),
+        implementation=check_choice("implementation", implementation, IMPLEMENTATIONS),
+        block_size=check_positive_int("block_size", block_size, allow_none=True),
+        sample_positions=check_positive_int("sample_positions", sample_positions, allow_none=True),
+        check_finite=check_flag("check_finite", check_finite),
+    )

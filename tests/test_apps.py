@@ -188,9 +188,8 @@ def test_puppet_scales_are_those_of_the_untrained_network_at_step_0(tmp_path):
 def test_command_line_puts_the_objective_where_the_model_trains(tmp_path, monkeypatch):
     """Before: the objective went to "cuda" (GPU 0 on every torchrun rank) while train() put the
     model on cuda:LOCAL_RANK. Now both come from training_device()."""
-    import cxlib.training
+    import cxlib.training.cli as cli
 
-    train_module = sys.modules["cxlib.training.train"]  # cxlib.training.train is the function
     seen = {}
 
     def fake_train(model, objective, batch, **kwargs):
@@ -198,11 +197,11 @@ def test_command_line_puts_the_objective_where_the_model_trains(tmp_path, monkey
         seen["objective"] = {b.device for b in objective.buffers()}
         return cxlib.training.TrainResult(model=model)
 
-    monkeypatch.setattr(train_module, "train", fake_train)
-    monkeypatch.setattr(train_module, "training_device", lambda device=None: torch.device("meta"))
+    monkeypatch.setattr(cli, "train", fake_train)
+    monkeypatch.setattr(cli, "training_device", lambda device=None: torch.device("meta"))
     photo = cxlib.book.images.load_image("astronaut", 16)
     video = cxlib.training.write_video(cxlib.book.synthetic_video(photo, 3), tmp_path / "clip.gif")
-    assert cxlib.training.main(["puppet", "--video", str(video), "--size", "16", "--weights", "random",
+    assert cli.main(["puppet", "--video", str(video), "--size", "16", "--weights", "random",
                             "--run-dir", str(tmp_path / "run")]) == 0
     assert seen["device"] == torch.device("meta")
     assert seen["objective"] == {torch.device("meta")}

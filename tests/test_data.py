@@ -246,7 +246,7 @@ def test_every_reader_takes_8_and_16_bit_float_grey_rgba_and_palette_images(tmp_
     gif = _written(tmp_path / "..", "anim.gif", frames, duration=100, loop=0)
     first = cxlib.training.data.read_image_file(gif, 8)
     assert first.shape == (3, 8, 8) and (first - torch.from_numpy(rgb8 / 255.0).permute(2, 0, 1).float()).abs().mean() < 0.05
-    from cxlib.book import image_from_array
+    from cxlib.training.data import image_from_array
 
     np.testing.assert_allclose(image_from_array(grey16.astype(np.int32)).numpy()[0], grey16 / 65535.0,
                                atol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cxlib
-from cxlib.book import images
+from cxlib.book import images, metrics
 from cxlib.book.plot import correspondence_field, position_colors
 from cxlib.book.setting import book_setting, resolve_setting
 
@@ -66,16 +66,16 @@ def test_psnr_and_ssim_closed_forms():
     a = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
     b = (a + 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     mse = (a.double() - b.double()).square().flatten(1).mean(1)
-    torch.testing.assert_close(images.psnr(b, a), 10 * torch.log10(1 / mse))
-    assert images.psnr(a, a).tolist() == [math.inf, math.inf]
+    torch.testing.assert_close(metrics.psnr(b, a), 10 * torch.log10(1 / mse))
+    assert metrics.psnr(a, a).tolist() == [math.inf, math.inf]
     # One reference for the batch.
-    torch.testing.assert_close(images.psnr(b, a[:1]), images.psnr(b, a[:1].expand(2, -1, -1, -1)))
+    torch.testing.assert_close(metrics.psnr(b, a[:1]), metrics.psnr(b, a[:1].expand(2, -1, -1, -1)))
     # SSIM of constant images c1 and c2 (zero variances): (2 c1 c2 + C1) / (c1^2 + c2^2 + C1).
     c1, c2, k1 = 0.3, 0.7, 0.01**2
-    flat = images.ssim(torch.full((1, 3, 9, 9), c1, dtype=torch.float64),
+    flat = metrics.ssim(torch.full((1, 3, 9, 9), c1, dtype=torch.float64),
                        torch.full((1, 3, 9, 9), c2, dtype=torch.float64))
     assert flat.item() == pytest.approx((2 * c1 * c2 + k1) / (c1**2 + c2**2 + k1), rel=1e-9)
-    assert images.ssim(a, a).tolist() == pytest.approx([1.0, 1.0])
+    assert metrics.ssim(a, a).tolist() == pytest.approx([1.0, 1.0])
     # A constant image against a textured one of the same mean: the luminance factor is 1 and
     # the structure factor is C2 / (var + C2) (sample variance, over the 7 x 7 windows).
     textured = torch.zeros(1, 1, 7, 7, dtype=torch.float64)
@@ -83,12 +83,12 @@ def test_psnr_and_ssim_closed_forms():
     mean = textured.mean().item()
     var = textured.var(unbiased=True).item()
     k2 = 0.03**2
-    got = images.ssim(torch.full((1, 1, 7, 7), mean, dtype=torch.float64), textured).item()
+    got = metrics.ssim(torch.full((1, 1, 7, 7), mean, dtype=torch.float64), textured).item()
     assert got == pytest.approx(k2 / (var + k2), rel=1e-9)
-    assert images.ssim(b, a).tolist() == pytest.approx(images.ssim(a, b).tolist())  # symmetric
-    assert all(0 < v < 1 for v in images.ssim(b, a).tolist())
+    assert metrics.ssim(b, a).tolist() == pytest.approx(metrics.ssim(a, b).tolist())  # symmetric
+    assert all(0 < v < 1 for v in metrics.ssim(b, a).tolist())
     with pytest.raises(ValueError, match=r"images and reference must have the same \(C, H, W\)"):
-        images.psnr(a, a[:, :, :10])
+        metrics.psnr(a, a[:, :, :10])
 
 
 def test_add_noise_has_the_requested_spread():
@@ -174,21 +174,21 @@ def test_edge_correlation_sees_layout_not_colour():
     photo = images.load_image("astronaut", 32)
     recoloured = photo[:, [2, 0, 1]] * 0.5 + 0.3
     moved = images.misalign(photo, shift=(6, 6))
-    assert images.edge_correlation(photo, photo).item() == pytest.approx(1.0)
-    assert images.edge_correlation(recoloured, photo).item() > 0.8
-    assert images.edge_correlation(moved, photo).item() < 0.4
+    assert metrics.edge_correlation(photo, photo).item() == pytest.approx(1.0)
+    assert metrics.edge_correlation(recoloured, photo).item() > 0.8
+    assert metrics.edge_correlation(moved, photo).item() < 0.4
 
 
 def test_colour_distance_closed_form_and_invariance():
     photo = images.load_image("chelsea", 24)
     shuffled = photo.flatten(2)[:, :, torch.randperm(24 * 24)].reshape(photo.shape)
-    assert images.colour_distance(shuffled, photo).item() == pytest.approx(0.0, abs=1e-6)
+    assert metrics.colour_distance(shuffled, photo).item() == pytest.approx(0.0, abs=1e-6)
     # Shifting every pixel by delta moves each projection by <delta, direction>.
     delta = torch.tensor([0.1, -0.05, 0.02])
     directions = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
     directions = directions / directions.norm(dim=1, keepdim=True)
     want = (directions @ delta).abs().mean().item()
-    got = images.colour_distance(photo + delta.view(1, 3, 1, 1), photo).item()
+    got = metrics.colour_distance(photo + delta.view(1, 3, 1, 1), photo).item()
     assert got == pytest.approx(want, rel=1e-4)
     small = images.load_image("chelsea", 12)
-    assert images.colour_distance(small, photo).item() < 0.02  # same palette, other size
+    assert metrics.colour_distance(small, photo).item() < 0.02  # same palette, other size

@@ -230,7 +230,7 @@ def test_train_makes_the_training_gpu_the_current_device(monkeypatch, tmp_path):
 def test_resume_with_and_without_amp_whatever_the_run_started_with(tmp_path):
     """A GradScaler saved disabled has an empty state, which an enabled scaler refuses to load.
     Before the fix, resuming a run saved without AMP with --amp raised."""
-    from cxlib.training.train import _restore_scaler
+    from cxlib.training.loop import _restore_scaler
 
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
@@ -282,7 +282,7 @@ def test_measure_step_time_leaves_model_and_random_state_alone(tmp_path):
 def test_a_run_saved_on_more_gpus_resumes_on_fewer(monkeypatch):
     """A checkpoint from a 2-GPU machine holds two CUDA generator states; Colab has one GPU.
     Before the fix, torch.cuda.set_rng_state_all indexed a GPU that is not there."""
-    from cxlib.training.train import _rng_state, _set_rng_state
+    from cxlib.training.checkpoint import _rng_state, _set_rng_state
 
     state = _rng_state()
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]

@@ -158,6 +158,8 @@ class VGGContextualLoss(_VGGFeatureLoss):
         check_finite: refuse NaN and inf in the images with a ``ValueError``: one device
             synchronisation per image batch passed (the features are not checked again per
             layer); ``False`` for none.
+        centring: ``"sample"`` (the paper) or ``"batch"`` (the authors' code); see
+            :func:`cxlib.contextual_loss`.
         weights: VGG19 weights, see :class:`cxlib.VGG19Features`.
         pooling: ``"max"`` or ``"avg"``.
         vgg: an existing :class:`cxlib.VGG19Features` to share (it must compute every layer).
@@ -191,6 +193,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         sample_positions: int | None = None,
         generator: torch.Generator | None = None,
         check_finite: bool = True,
+        centring: str = "sample",
         weights: str | os.PathLike | None = "imagenet",
         pooling: str = "max",
         vgg: VGG19Features | None = None,
@@ -202,7 +205,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         if not roles["target"] and not roles["source"]:
             raise ValueError("target_layers and source_layers are both empty: nothing to compare")
         settings = check_settings(band_width, eps, distance, implementation, block_size,
-                                  sample_positions)
+                                  sample_positions, centring=centring)
         reduction = check_choice("reduction", reduction, REDUCTIONS)
         super().__init__(roles, weights, pooling, vgg)
         self.settings = settings
@@ -254,6 +257,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
                     sample_positions=self.settings.sample_positions,
                     generator=self.generator,
                     check_finite=False,  # the images were checked
+                    centring=self.settings.centring,
                 )
         return out
 

@@ -75,3 +75,39 @@ def test_batch_centring_couples_the_samples_and_per_sample_centring_does_not():
     # The docstring says: 0.023 (median of 20 batches), up to 0.065.
     assert np.median(moves) == pytest.approx(0.0225, abs=0.001)
     assert max(moves) == pytest.approx(0.065, abs=0.001)
+
+
+@pytest.mark.parametrize("implementation", ["full", "blocked"])
+def test_batch_centring_option_is_the_authors_convention(implementation):
+    g = np.random.default_rng(2)
+    y = g.normal(size=(3, 12, 4, 5)) + 2 * g.normal(size=(3, 12, 1, 1))
+    x = y + g.normal(size=y.shape)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    got = cxlib.contextual_loss(xt, yt, centring="batch", reduction="none",
+                                implementation=implementation, block_size=7)
+    want = _authors_loss(x, y, half_cosine=False, batch_centring=True)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    # Both conventions: the authors' code's numbers, exactly.
+    code = cxlib.contextual_loss(xt, yt, centring="batch", eps=2e-5, reduction="none",
+                                 implementation=implementation, block_size=7)
+    np.testing.assert_allclose(code.numpy(), _authors_loss(x, y), rtol=1e-10)
+    # The module and the VGG-free entry points agree; the default stays per sample.
+    module = cxlib.ContextualLoss(centring="batch", reduction="none")
+    np.testing.assert_allclose(module(xt, yt).numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(cxlib.contextual_loss(xt, yt, reduction="none").numpy(),
+                               _authors_loss(x, y, half_cosine=False, batch_centring=False),
+                               rtol=1e-12)
+    # With one sample the two centrings are the same.
+    one = cxlib.contextual_loss(xt[:1], yt[:1], centring="batch")
+    assert one.item() == cxlib.contextual_loss(xt[:1], yt[:1]).item()
+
+
+def test_batch_centring_for_cobi_and_vgg_and_bad_values():
+    x, y = torch.randn(2, 6, 4, 4, dtype=torch.float64), torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    with_zero_sp = cxlib.contextual_bilateral_loss(x, y, weight_sp=0.0, centring="batch",
+                                                   reduction="none")
+    np.testing.assert_allclose(with_zero_sp.numpy(),
+                               _authors_loss(x.numpy(), y.numpy(), half_cosine=False), rtol=1e-12)
+    assert cxlib.VGGContextualLoss(weights=None, centring="batch").settings.centring == "batch"
+    with pytest.raises(ValueError, match="centring must be one of 'sample', 'batch', got 'image'"):
+        cxlib.contextual_loss(x, y, centring="image")

@@ -75,7 +75,7 @@ def _check_weight_sp(weight_sp: object) -> float:
 def _bilateral_similarity(x: torch.Tensor, y: torch.Tensor, weight_sp: float, settings: Settings,
                           generator: torch.Generator | None) -> torch.Tensor:
     x_points, y_points, x_index, y_index = sampled_point_sets(x, y, settings, generator)
-    x_points, y_points = prepare_points(settings.distance, x_points, y_points)
+    x_points, y_points = prepare_points(settings.distance, x_points, y_points, settings.centring)
     batch = x_points.shape[0]
     x_grid = position_grid(x.shape[2], x.shape[3], dtype=x_points.dtype, device=x.device)
     y_grid = position_grid(y.shape[2], y.shape[3], dtype=y_points.dtype, device=y.device)
@@ -104,6 +104,7 @@ def contextual_bilateral_loss(
     sample_positions: int | None = None,
     generator: torch.Generator | None = None,
     check_finite: bool = True,
+    centring: str = "sample",
 ) -> torch.Tensor:
     """Contextual bilateral loss (CoBi): the contextual loss with a spatial term mixed in.
 
@@ -126,6 +127,7 @@ def contextual_bilateral_loss(
         generator: CPU random generator for ``sample_positions`` (``None``: torch's global one).
         check_finite: refuse NaN and inf inputs (one device synchronisation per call); see
             :func:`cxlib.contextual_loss`.
+        centring: ``"sample"`` (the paper) or ``"batch"`` (the authors' code), for the features.
 
     Shape:
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
@@ -141,7 +143,7 @@ def contextual_bilateral_loss(
         True
     """
     settings = check_settings(band_width, eps, distance, implementation, block_size,
-                              sample_positions, check_finite)
+                              sample_positions, check_finite, centring)
     weight_sp = _check_weight_sp(weight_sp)
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     generator = check_generator("generator", generator)
@@ -164,6 +166,7 @@ class ContextualBilateralLoss(nn.Module):
         generator: CPU random generator for ``sample_positions``, kept and advanced at every
             call (``None``: torch's global one).
         check_finite: refuse NaN and inf inputs (one device synchronisation per call).
+        centring: ``"sample"`` (the paper) or ``"batch"`` (the authors' code).
 
     Shape:
         - x: (B, C, Hx, Wx); y: (B, C, Hy, Wy).
@@ -180,10 +183,11 @@ class ContextualBilateralLoss(nn.Module):
     def __init__(self, *, weight_sp: float = 0.1, band_width: float = 0.5, eps: float = 1e-5,
                  distance: str = "cosine", reduction: str = "mean", implementation: str = "auto",
                  block_size: int | None = None, sample_positions: int | None = None,
-                 generator: torch.Generator | None = None, check_finite: bool = True) -> None:
+                 generator: torch.Generator | None = None, check_finite: bool = True,
+                 centring: str = "sample") -> None:
         super().__init__()
         settings = check_settings(band_width, eps, distance, implementation, block_size,
-                                  sample_positions, check_finite)
+                                  sample_positions, check_finite, centring)
         self.weight_sp = _check_weight_sp(weight_sp)
         self.band_width, self.eps, self.distance = settings.band_width, settings.eps, settings.distance
         self.implementation, self.block_size = settings.implementation, settings.block_size
@@ -191,13 +195,14 @@ class ContextualBilateralLoss(nn.Module):
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.generator = check_generator("generator", generator)
         self.check_finite = settings.check_finite
+        self.centring = settings.centring
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contextual_bilateral_loss(
             x, y, weight_sp=self.weight_sp, band_width=self.band_width, eps=self.eps,
             distance=self.distance, reduction=self.reduction, implementation=self.implementation,
             block_size=self.block_size, sample_positions=self.sample_positions,
-            generator=self.generator, check_finite=self.check_finite,
+            generator=self.generator, check_finite=self.check_finite, centring=self.centring,
         )
 
     def extra_repr(self) -> str:

@@ -2,7 +2,8 @@
 
 A feature map of shape (B, C, H, W) is read as B sets of H*W points in R^C. Every distance here
 first centres both sets by the target's mean feature mu_y, taken per sample as in the paper
-(the authors' TensorFlow code takes it over the whole batch instead). For the cosine distance the
+(``centring="sample"``), or over the whole batch as the authors' TensorFlow code does
+(``centring="batch"``, which couples the samples). For the cosine distance the
 centring changes the result; the L2 and L1 distances are unchanged by it (both points move by the
 same vector) and it only keeps their numbers small.
 """
@@ -12,10 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DISTANCES", "as_point_sets", "pairwise_distance", "prepare_points"]
+__all__ = ["CENTRINGS", "DISTANCES", "as_point_sets", "pairwise_distance", "prepare_points"]
 
 #: Names accepted by the ``distance=`` argument of the losses.
 DISTANCES = ("cosine", "l2", "l1")
+#: Names accepted by the ``centring=`` argument: the mean of each target (the paper) or of all
+#: the batch's targets (the authors' code).
+CENTRINGS = ("sample", "batch")
 
 
 def as_point_sets(features: torch.Tensor) -> torch.Tensor:
@@ -25,7 +29,7 @@ def as_point_sets(features: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_points(
-    distance: str, x_points: torch.Tensor, y_points: torch.Tensor
+    distance: str, x_points: torch.Tensor, y_points: torch.Tensor, centring: str = "sample"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre both point sets by the mean of ``y_points``; for the cosine, also L2-normalise.
 
@@ -33,11 +37,13 @@ def prepare_points(
         distance: one of :data:`DISTANCES`.
         x_points: generated points, (B, Nx, C).
         y_points: target points, (B, N, C).
+        centring: ``"sample"``: each sample by its own target's mean (the paper); ``"batch"``:
+            every sample by the mean of all the batch's target points (the authors' code).
 
     Returns:
         The two prepared point sets, ready for :func:`pairwise_distance`.
     """
-    mu_y = y_points.mean(dim=1, keepdim=True)
+    mu_y = y_points.mean(dim=(0, 1) if centring == "batch" else 1, keepdim=True)
     x_centred = x_points - mu_y
     y_centred = y_points - mu_y
     if distance == "cosine":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._checks import check_choice, check_flag, check_positive, check_positive_int
-from .distances import DISTANCES
+from .distances import CENTRINGS, DISTANCES
 
 __all__ = ["IMPLEMENTATIONS", "Settings", "check_settings"]
 
@@ -27,6 +27,7 @@ class Settings:
     block_size: int | None
     sample_positions: int | None
     check_finite: bool = True
+    centring: str = "sample"
 
 
 def check_settings(
@@ -37,6 +38,7 @@ def check_settings(
     block_size: object,
     sample_positions: object,
     check_finite: object = True,
+    centring: object = "sample",
 ) -> Settings:
     """Check every hyper-parameter; a clear ``TypeError`` or ``ValueError`` for a bad one.
 
@@ -48,6 +50,7 @@ def check_settings(
         block_size: an int >= 1, or ``None``.
         sample_positions: an int >= 1, or ``None``.
         check_finite: a bool.
+        centring: one of :data:`cxlib.contextual.distances.CENTRINGS`.
 
     Returns:
         The checked :class:`Settings`.
@@ -65,4 +68,5 @@ def check_settings(
         block_size=check_positive_int("block_size", block_size, allow_none=True),
         sample_positions=check_positive_int("sample_positions", sample_positions, allow_none=True),
         check_finite=check_flag("check_finite", check_finite),
+        centring=check_choice("centring", centring, CENTRINGS),
     )

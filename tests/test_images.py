@@ -192,3 +192,23 @@ def test_colour_distance_closed_form_and_invariance():
     assert got == pytest.approx(want, rel=1e-4)
     small = images.load_image("chelsea", 12)
     assert metrics.colour_distance(small, photo).item() < 0.02  # same palette, other size
+
+
+def test_show_animation_embeds_the_gif_it_wrote(tmp_path):
+    import base64
+    import re
+
+    import imageio.v3 as iio
+
+    from cxlib.book import show_animation
+
+    frames = torch.zeros(3, 3, 8, 8)
+    for k in range(3):
+        frames[k, k % 3] = 1.0  # red, green, blue frames
+    html = show_animation(frames, tmp_path / "sub" / "clip.gif", fps=5, alt='a "quoted" alt')
+    encoded = re.search(r'base64,([^"]+)"', html.data).group(1)
+    assert base64.b64decode(encoded) == (tmp_path / "sub" / "clip.gif").read_bytes()
+    back = iio.imread(tmp_path / "sub" / "clip.gif", index=None)
+    assert back.shape[0] == 3
+    assert [int(np.argmax(f[0, 0, :3])) for f in back] == [0, 1, 2]  # the frames, in order
+    assert 'alt="a &quot;quoted&quot; alt"' in html.data

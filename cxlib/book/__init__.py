@@ -13,7 +13,7 @@ Needs the ``book`` extra: ``pip install "cxlib[book]"``.
 
 from .images import PHOTOGRAPHS, add_noise, load_image, misalign, misalignment_grid
 from .metrics import colour_distance, edge_correlation, psnr, ssim
-from .plot import show_correspondence, show_images
+from .plot import show_animation, show_correspondence, show_images
 from .setting import book_setting, glue
 from .synthetic import synthetic_faces, synthetic_video
 
@@ -28,6 +28,7 @@ __all__ = [
     "misalign",
     "misalignment_grid",
     "psnr",
+    "show_animation",
     "show_correspondence",
     "show_images",
     "ssim",

@@ -5,15 +5,25 @@ Needs matplotlib (``pip install cxlib[book]``). Every function returns the figur
 
 from __future__ import annotations
 
+import base64
+import html
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._optional import require
+from ..training.data import write_video
 from .images import to_numpy_image
 
-__all__ = ["correspondence_field", "position_colors", "show_correspondence", "show_images"]
+__all__ = [
+    "correspondence_field",
+    "position_colors",
+    "show_animation",
+    "show_correspondence",
+    "show_images",
+]
 
 
 def _pyplot():
@@ -154,3 +164,41 @@ def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, so
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def show_animation(frames: torch.Tensor, path: str | Path, *, fps: float = 8.0, alt: str = "",
+                   max_width: int = 720):
+    """Write frames to a GIF and show it inline: in the notebook, in Colab and on the book's
+    HTML page (the GIF is embedded in the page, not linked).
+
+    Args:
+        frames: the frames, in [0, 1]; several videos side by side are one wider video
+            (``torch.cat(videos, dim=3)``).
+        path: where to write the GIF (its folder is created).
+        fps: frames per second.
+        alt: the image's text for screen readers (say what the columns are).
+        max_width: the largest width on the page, in CSS pixels.
+
+    Shape:
+        - frames: (T, 3, H, W).
+
+    Returns:
+        An ``IPython.display.HTML`` holding the GIF; a notebook shows it when it is the last
+        expression of a cell, or with ``display(...)``.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from cxlib.book import show_animation
+        >>> html = show_animation(torch.rand(4, 3, 8, 8), pathlib.Path(tempfile.mkdtemp()) / "a.gif",
+        ...                       alt="noise")
+        >>> html.data.startswith('<img src="data:image/gif;base64,')
+        True
+    """
+    display = require("IPython.display", extra="book", purpose="show_animation")
+    gif = write_video(frames, path, fps=fps)
+    encoded = base64.b64encode(gif.read_bytes()).decode()
+    return display.HTML(
+        f'<img src="data:image/gif;base64,{encoded}" '
+        f'style="width:100%;max-width:{int(max_width)}px;image-rendering:pixelated" '
+        f'alt="{html.escape(alt, quote=True)}">'
+    )

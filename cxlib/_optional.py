@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["require"]
+__all__ = ["REPOSITORY", "require"]
+
+#: Where cxlib is installed from (it is not on PyPI).
+REPOSITORY = "git+https://github.com/cx-book/contextual-loss-book@main"
+# Import name -> the distribution pip installs it from, where they differ.
+_DISTRIBUTIONS = {"skimage": "scikit-image", "PIL": "pillow", "IPython": "ipython"}
 
 
 def require(module: str, *, extra: str, purpose: str) -> ModuleType:
@@ -28,7 +33,8 @@ def require(module: str, *, extra: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as error:
         package = module.split(".")[0]
+        distribution = _DISTRIBUTIONS.get(package, package)
         raise ImportError(
-            f"{purpose} needs {package}, which cxlib's {extra!r} extra installs: "
-            f'pip install "cxlib[{extra}]" (or pip install {package})'
+            f"{purpose} needs {distribution}, which cxlib's {extra!r} extra installs: "
+            f'pip install "cxlib[{extra}] @ {REPOSITORY}" (or pip install {distribution})'
         ) from error

@@ -137,6 +137,10 @@ def optimize_image(
             _run_adam(image, loss_fn, steps, lr, low, high, result, after_step)
         else:
             _run_lbfgsb(image, loss_fn, steps, low, high, result, after_step)
+            done = len(result.losses) - 1
+            if snapshot_every is not None and result.snapshots[-1][0] != done:
+                # L-BFGS-B converged before ``steps``: the last snapshot is the result.
+                result.snapshots.append((done, image.detach().clone()))
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
@@ -192,9 +196,9 @@ def _run_lbfgsb(image, loss_fn, steps, low, high, result, after_step) -> None:
 
     def iteration_done(point):
         nonlocal iterate
-        iterate = point.copy()
         if last["point"] is None or not np.array_equal(point, last["point"]):
             fun(point)
+        iterate = point.copy()  # after the evaluation: an interrupted one keeps the old iterate
         with torch.no_grad():
             image.copy_(torch.from_numpy(point).view_as(image))
         after_step(len(result.losses), last["loss"])

@@ -147,7 +147,7 @@ class VGGContextualLoss(_VGGFeatureLoss):
         target_layers: VGG19 layer -> weight, compared with the target t; empty for none.
         source_layers: VGG19 layer -> weight, compared with the source s; empty for none.
         band_width: h > 0 of Eq. 3.
-        eps: epsilon > 0 of Eq. 2.
+        eps: epsilon >= 1e-12 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"``.
         implementation: ``"auto"``, ``"full"`` or ``"blocked"`` (see :func:`cxlib.contextual_loss`).

@@ -222,20 +222,35 @@ def _available_paths():
 
 
 @pytest.mark.parametrize("distance", ["cosine", "l2"])
-def test_tiny_eps_with_exact_matches_keeps_values_and_gradients_finite(distance):
-    # x equal to y: every row's nearest distance is 0 (or rounds to a little below it for the
-    # cosine), so the denominator of Eq. 2 is eps alone. With eps = 1e-30 its square underflows
-    # float32, which made the blocked and fused backward passes return NaN.
-    y = torch.randn(1, 8, 4, 5)
+@pytest.mark.parametrize("case", ["exact", "repeated targets", "near duplicates"])
+def test_the_smallest_eps_keeps_values_and_gradients_finite(distance, case):
+    # Exact or nearly exact matches make the denominator of Eq. 2 about eps alone, and a cosine
+    # minimum can round a little below 0; at eps = 1e-12 the blocked and fused backward passes
+    # returned NaN (a boolean mask times an infinite term) before.
+    g = torch.Generator().manual_seed(3)
+    y_once = torch.randn(2, 6, 3, 4, generator=g)
+    if case == "exact":
+        x, y = y_once, y_once
+    elif case == "repeated targets":
+        x, y = y_once, torch.cat([y_once, y_once], dim=3)
+    else:
+        x = y_once + 1e-3 * torch.randn(y_once.shape, generator=g)
+        y = torch.cat([y_once, y_once], dim=3)
     for implementation in _available_paths():
-        x = y.clone().requires_grad_()
-        yg = y.clone().requires_grad_()
-        loss = cxlib.contextual_loss(x, yg, eps=1e-30, distance=distance,
-                                     implementation=implementation, block_size=7)
-        grad_x, grad_y = torch.autograd.grad(loss, (x, yg))
-        assert torch.isfinite(loss), implementation
-        assert 0.0 <= loss.item() <= math.log(20) + 1e-6, implementation
+        xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+        loss = cxlib.contextual_loss(xg, yg, eps=1e-12, distance=distance,
+                                     implementation=implementation, block_size=5)
+        grad_x, grad_y = torch.autograd.grad(loss, (xg, yg))
+        n = y[0, 0].numel()
+        assert torch.isfinite(loss) and 0.0 <= loss.item() <= math.log(n) + 1e-6, implementation
         assert torch.isfinite(grad_x).all() and torch.isfinite(grad_y).all(), implementation
+
+
+def test_eps_below_the_smallest_is_refused():
+    x, y = _pair(dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"eps must be >= 1e-12 .* got 1e-30"):
+        cxlib.contextual_loss(x, y, eps=1e-30)
+    assert torch.isfinite(cxlib.contextual_loss(x, y, eps=1e-12))
 
 
 @pytest.mark.parametrize("distance", DISTANCES)

@@ -263,3 +263,65 @@ def test_edge_map_and_edge_correlation_take_float64_images():
     torch.testing.assert_close(edges, cxlib.training.edge_map(image.float()).double())
     corr = cxlib.book.metrics.edge_correlation(image, image)
     assert corr.dtype == torch.float64 and corr.item() == pytest.approx(1.0)
+
+
+def test_a_cmyk_jpeg_is_read_in_its_colours(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:, :4] = (255, 0, 0)  # red | blue
+    rgb[:, 4:] = (0, 0, 255)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "print.jpg", quality=100)
+    assert Image.open(tmp_path / "print.jpg").mode == "CMYK"
+    got = cxlib.training.data.read_image_file(tmp_path / "print.jpg", 8)
+    np.testing.assert_allclose(got[:, 0, 1].numpy(), [1, 0, 0], atol=0.1)  # red, not cyan
+    np.testing.assert_allclose(got[:, 0, 6].numpy(), [0, 0, 1], atol=0.1)
+
+
+def test_celeba_under_torchrun_only_local_rank_0_extracts_and_the_others_wait(tmp_path, monkeypatch):
+    import threading
+
+    import cxlib.training.data as data
+
+    target = _celeba_with_zip(tmp_path)
+    monkeypatch.setattr(data, "_EXTRACTION_POLL_SECONDS", 0.05)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    extracted = []
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda *a, **k: extracted.append(1))
+
+    def rank_0_finishes():
+        (target / "img_align_celeba").mkdir()
+        for name in ("000001.jpg", "000002.jpg", "000003.jpg"):
+            (target / "img_align_celeba" / name).write_bytes((tmp_path / "src" / "img_align_celeba" / name).read_bytes())
+
+    timer = threading.Timer(0.3, rank_0_finishes)
+    timer.start()
+    data_set = cxlib.training.CelebAAttribute(target, size=8)
+    timer.join()
+    assert extracted == [] and len(data_set) == 3  # rank 1 waited, extracted nothing
+
+
+def test_celeba_extraction_tolerates_losing_the_rename_race_and_clears_old_staging(tmp_path, monkeypatch):
+    import os
+    import pathlib
+    import time
+
+    target = _celeba_with_zip(tmp_path)
+    old = target / ".img_align_celeba-extracting-old"
+    young = target / ".img_align_celeba-extracting-young"
+    for folder in (old, young):
+        folder.mkdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    real_rename = pathlib.Path.rename
+
+    def another_process_won(self, destination):
+        real_rename(self, destination)  # the folder is complete: as another rank's would be
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(pathlib.Path, "rename", another_process_won)
+    data_set = cxlib.training.CelebAAttribute(target, size=8)
+    assert len(data_set) == 3 and data_set[0].shape == (3, 8, 8)
+    assert not old.exists() and young.exists()  # only a stale staging folder is removed
+    assert [p.name for p in target.iterdir() if p.name.startswith(".img_align_celeba-extracting-")] == [young.name]

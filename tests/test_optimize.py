@@ -180,3 +180,14 @@ def test_lbfgs_interrupt_returns_the_last_iterate():
     assert result.interrupted and len(result.losses) == 4
     torch.testing.assert_close(result.image, seen[-1], rtol=0, atol=0)
     assert result.losses[-1] == pytest.approx(float(loss_fn(result.image)), rel=1e-6)
+
+
+def test_lbfgs_that_converges_early_still_ends_with_a_snapshot_of_the_result():
+    target = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 2 - 0.5
+    result = cxlib.optimize_image(torch.zeros_like(target), _quadratic(target), steps=50,
+                                  optimizer="lbfgs", snapshot_every=10, progress=False)
+    done = len(result.losses) - 1
+    assert done < 50  # a separable quadratic with bounds: solved in a few iterations
+    assert [s for s, _ in result.snapshots] == [0, done]
+    torch.testing.assert_close(result.snapshots[-1][1], result.image, rtol=0, atol=0)
+    torch.testing.assert_close(result.image, target.clamp(0, 1), rtol=0, atol=1e-5)

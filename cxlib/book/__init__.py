@@ -8,7 +8,7 @@ the training chapters learn from offline.
 - :mod:`.plot`: image rows and correspondence pictures (matplotlib).
 - :mod:`.synthetic`: a moving photograph, drawn faces.
 
-Needs the ``book`` extra: ``pip install "cxlib[book]"``.
+Needs the ``book`` extra: ``pip install "cxlib[book] @ git+https://github.com/cx-book/contextual-loss-book@main"``.
 """
 
 from .images import PHOTOGRAPHS, add_noise, load_image, misalign, misalignment_grid

@@ -118,7 +118,7 @@ def contextual_bilateral_loss(
         y: features of the target image.
         weight_sp: weight in [0, 1] of the spatial term.
         band_width: h > 0 of Eq. 3, for both terms.
-        eps: epsilon > 0 of Eq. 2, for both terms.
+        eps: epsilon >= 1e-12 of Eq. 2, for both terms.
         distance: distance between features: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"``.
         implementation: ``"auto"``, ``"full"`` or ``"blocked"`` (see :func:`cxlib.contextual_loss`).
@@ -157,7 +157,7 @@ class ContextualBilateralLoss(nn.Module):
     Args:
         weight_sp: weight in [0, 1] of the spatial term.
         band_width: h > 0 of Eq. 3.
-        eps: epsilon > 0 of Eq. 2.
+        eps: epsilon >= 1e-12 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         implementation: ``"auto"``, ``"full"`` or ``"blocked"``.

@@ -84,7 +84,7 @@ def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_ro
         grad_denominator = grad_denominator.squeeze(-1) / (band_width * denominator)
         # denom = max(min_k d_ik, 0) + eps; the min routes to its argmin unless clamped (the
         # full path's autograd through clamp_min passes the gradient at exactly 0 too).
-        grad_denominator *= minimum >= 0
+        grad_denominator = torch.where(minimum >= 0, grad_denominator, 0.0)
         grad_dist = grad_logits.div_(-band_width * denominator)
         grad_dist.scatter_add_(-1, argmin, grad_denominator)
     wanted = [p for p, needed in zip((x_block, y_all), needs_grad) if needed]

@@ -448,7 +448,7 @@ class _FusedSimilarity(torch.autograd.Function):
         grad_den = (t_over_den - r * (q / den)) / (h * den)
         y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
         _, ok_min = _pair_distance(distance, x, y_min)
-        row_value = grad_den * (m >= 0) * ok_min
+        row_value = torch.where((m >= 0) & ok_min, grad_den, 0.0)
 
         need_x, need_y = ctx.needs_input_grad[:2]
         is_l2, xn, yn, strides = _launch_args(x, y, distance)

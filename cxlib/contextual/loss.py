@@ -93,9 +93,10 @@ def contextual_loss(
         x: features of the generated image.
         y: features of the target image.
         band_width: h > 0 of Eq. 3. Smaller values make the similarity more selective.
-        eps: epsilon > 0 of Eq. 2. It keeps d~ finite when a generated point equals a target
-            point. Values far below the rounding error of the distances (about 1e-7 in
-            float32) make the result depend on that rounding, so 0 is refused.
+        eps: epsilon of Eq. 2, at least 1e-12 (:data:`cxlib.contextual.settings.MIN_EPS`). It
+            keeps d~ finite when a generated point equals a target point. Values far below the
+            rounding error of the distances (about 1e-7 in float32) make the result depend on
+            that rounding, and 0 would divide by zero, so they are refused.
         distance: ``"cosine"`` (the paper's), ``"l2"`` (squared Euclidean) or ``"l1"``.
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"``.
         implementation: ``"full"`` holds the whole (Nx, N) matrices (the reference);
@@ -178,7 +179,7 @@ def contextual_similarity(
         x: features of the generated image.
         y: features of the target image.
         band_width: h > 0 of Eq. 3.
-        eps: epsilon > 0 of Eq. 2.
+        eps: epsilon >= 1e-12 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         implementation: ``"auto"``, ``"full"``, ``"blocked"`` or ``"fused"`` (see
             :func:`contextual_loss`).
@@ -220,7 +221,7 @@ class ContextualLoss(nn.Module):
 
     Args:
         band_width: h > 0 of Eq. 3.
-        eps: epsilon > 0 of Eq. 2.
+        eps: epsilon >= 1e-12 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
         implementation: ``"auto"``, ``"full"``, ``"blocked"`` or ``"fused"``.

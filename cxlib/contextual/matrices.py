@@ -65,7 +65,7 @@ def contextual_matrices(
         x: generated features, (C, Hx, Wx) or (1, C, Hx, Wx).
         y: target features, (C, Hy, Wy) or (1, C, Hy, Wy).
         band_width: h > 0 of Eq. 3.
-        eps: epsilon > 0 of Eq. 2.
+        eps: epsilon >= 1e-12 of Eq. 2.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
 
     Shape:

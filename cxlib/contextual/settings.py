@@ -7,12 +7,16 @@ from dataclasses import dataclass
 from .._checks import check_choice, check_flag, check_positive, check_positive_int
 from .distances import CENTRINGS, DISTANCES
 
-__all__ = ["IMPLEMENTATIONS", "Settings", "check_settings"]
+__all__ = ["IMPLEMENTATIONS", "MIN_EPS", "Settings", "check_settings"]
 
 #: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems and
 #: ``"blocked"`` above (and ``"fused"`` on CUDA where :data:`cxlib.contextual.paths.AUTO_USES_FUSED`
 #: allows it).
 IMPLEMENTATIONS = ("auto", "full", "blocked", "fused")
+#: The smallest ``eps`` taken. Below it the result depends on the rounding of the distances
+#: (about 1e-7 in float32) more than on the features, and the gradients through Eq. 2, which
+#: grow like 1 / (h eps), come near float32's range; 0 would divide by zero.
+MIN_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ def check_settings(
 
     Args:
         band_width: h > 0.
-        eps: epsilon > 0.
+        eps: epsilon >= :data:`MIN_EPS`.
         distance: one of :data:`cxlib.contextual.distances.DISTANCES`.
         implementation: one of :data:`IMPLEMENTATIONS`.
         block_size: an int >= 1, or ``None``.
@@ -62,7 +66,7 @@ def check_settings(
     """
     return Settings(
         band_width=check_positive("band_width", band_width),
-        eps=check_positive("eps", eps),
+        eps=_check_eps(eps),
         distance=check_choice("distance", distance, DISTANCES),
         implementation=check_choice("implementation", implementation, IMPLEMENTATIONS),
         block_size=check_positive_int("block_size", block_size, allow_none=True),
@@ -70,3 +74,13 @@ def check_settings(
         check_finite=check_flag("check_finite", check_finite),
         centring=check_choice("centring", centring, CENTRINGS),
     )
+
+
+def _check_eps(eps: object) -> float:
+    value = check_positive("eps", eps)
+    if value < MIN_EPS:
+        raise ValueError(
+            f"eps must be >= {MIN_EPS:g} (smaller values make the loss depend on the rounding of "
+            f"the distances and its gradients overflow float32), got {eps!r}"
+        )
+    return value

@@ -7,7 +7,8 @@ paper's applications' objectives, and their command line (``python -m cxlib.trai
 - :mod:`.objectives`: the losses of the animation, puppet and domain-transfer applications.
 - :mod:`.cli`: the command line.
 
-Reading image files and videos needs imageio (``pip install "cxlib[train]"``).
+Reading image files and videos needs imageio, which the ``train`` extra installs
+(``pip install "cxlib[train] @ git+https://github.com/cx-book/contextual-loss-book@main"``).
 """
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_step, load_checkpoint

@@ -7,8 +7,10 @@ Every dataset returns float images (3, S, S) in [0, 1], cropped to a centred squ
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,8 +125,23 @@ def read_image_file(path: str | Path, size: int) -> torch.Tensor:
         [1.0]
     """
     iio = _imageio()
+    if _is_cmyk(path):
+        # imageio hands CMYK (print-ready JPEGs, TIFFs) over as four channels, which would be
+        # taken for RGBA: let Pillow convert it to RGB.
+        array = iio.imread(path, index=0, mode="RGB")
+    else:
+        array = iio.imread(path, index=0)
+    return square_resize(image_from_array(array), size)
 
-    return square_resize(image_from_array(iio.imread(path, index=0)), size)
+
+def _is_cmyk(path: str | Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.mode == "CMYK"
+    except Exception:  # noqa: BLE001 - not a format Pillow reads: imageio decides
+        return False
 
 
 class StepBatches:
@@ -336,6 +353,13 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
     return magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
 
 
+# Extraction of img_align_celeba.zip: the staging folders' prefix, when a left-over one counts
+# as stale, and how other torchrun ranks wait for local rank 0.
+_STAGING_PREFIX = ".img_align_celeba-extracting-"
+_STALE_STAGING_SECONDS = 3600.0
+_EXTRACTION_WAIT_SECONDS = 4 * 3600.0
+_EXTRACTION_POLL_SECONDS = 5.0
+
 _CELEBA_HELP = (
     "CelebA is not downloaded automatically (torchvision's download from Google Drive often "
     "fails on its quota). Get 'img_align_celeba.zip', 'list_attr_celeba.txt' and "
@@ -408,16 +432,31 @@ class CelebAAttribute(Dataset):
             raise ValueError(f"no CelebA faces with {attribute}={'+1' if present else '-1'} in split {split!r}")
 
     def _extract(self, archive: Path) -> None:
-        """Extract the images into a temporary folder beside the final one and rename it when
+        """Extract the images into a staging folder beside the final one and rename it when
         complete, so that an interrupted extraction never leaves an ``img_align_celeba`` folder
-        that a later run would take as complete."""
-        staging = Path(tempfile.mkdtemp(prefix=".img_align_celeba-extracting-", dir=self.root))
+        that a later run would take as complete.
+
+        Under torchrun only local rank 0 extracts; the other ranks of the machine wait for its
+        folder. A staging folder that a killed run left behind is removed once it is an hour
+        old (a younger one may belong to another process extracting right now).
+        """
+        if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1 and int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            self._wait_for_extraction()
+            return
+        for stale in self.root.glob(f"{_STAGING_PREFIX}*"):
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > _STALE_STAGING_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
         try:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(staging)
             # The zip holds img_align_celeba/...; a repacked one may hold the images at its top.
             inner = staging / "img_align_celeba"
-            (inner if inner.is_dir() else staging).rename(self.image_dir)
+            try:
+                (inner if inner.is_dir() else staging).rename(self.image_dir)
+            except OSError:
+                if not self.image_dir.is_dir():  # not another process's complete folder
+                    raise
         except zipfile.BadZipFile as error:
             raise ValueError(
                 f"{archive} is not a valid zip file (a download cut short, or Google Drive's "
@@ -426,6 +465,16 @@ class CelebAAttribute(Dataset):
             ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _wait_for_extraction(self) -> None:
+        deadline = time.monotonic() + _EXTRACTION_WAIT_SECONDS
+        while not self.image_dir.is_dir():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {_EXTRACTION_WAIT_SECONDS / 60:.0f} min for local rank 0 to extract "
+                    f"{self.root / 'img_align_celeba.zip'}; extract it once before starting torchrun"
+                )
+            time.sleep(_EXTRACTION_POLL_SECONDS)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -1,7 +1,6 @@
 r"""The contextual bilateral loss (CoBi; Zhang et al., "Zoom to Learn, Learn to Zoom", CVPR 2019).
 
-CoBi mixes the contextual similarity of the features with that of the pixel coordinates, so that
-among equally similar features the one at a nearby position wins:
+CoBi mixes the contextual similarity of the features with that of the pixel coordinates:
 
 .. math::
 
@@ -16,7 +15,10 @@ paths as :func:`cxlib.contextual_loss`.
 
 When the two maps share a grid, position j of the target is at distance 0 from position j of the
 generated map, so :math:`\mathrm{CX}^{sp}_{jj} \approx 1` and every column's maximum is at least
-about :math:`w_{sp}`: the loss never exceeds about :math:`-\log w_{sp}`. A large :math:`w_{sp}`
+about :math:`w_{sp}`: the loss never exceeds about :math:`-\log w_{sp}`. With the default eps,
+:math:`\mathrm{CX}^{sp}` on a shared grid is the identity to float precision: the term rewards the
+same position only, not a nearby one (between grids of different sizes it prefers the nearest
+positions). A large :math:`w_{sp}`
 therefore drowns the features; the published setting is :math:`w_{sp} = 0.1`.
 """
 

@@ -125,12 +125,12 @@ def read_image_file(path: str | Path, size: int) -> torch.Tensor:
         [1.0]
     """
     iio = _imageio()
-    if _is_cmyk(path):
+    array = iio.imread(path, index=0)
+    if array.ndim == 3 and array.shape[-1] == 4 and _is_cmyk(path):
         # imageio hands CMYK (print-ready JPEGs, TIFFs) over as four channels, which would be
-        # taken for RGBA: let Pillow convert it to RGB.
+        # taken for RGBA: let Pillow convert it to RGB. Only four-channel files pay for the
+        # second look at the file.
         array = iio.imread(path, index=0, mode="RGB")
-    else:
-        array = iio.imread(path, index=0)
     return square_resize(image_from_array(array), size)
 
 

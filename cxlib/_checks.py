@@ -116,12 +116,19 @@ def check_all_finite(**tensors: torch.Tensor) -> None:
         check_finite(name, value)
 
 
+# Dtypes that autocast mixes: a pair of them is compared in float32.
+_MIXED_PRECISION = {torch.float16, torch.bfloat16, torch.float32}
+
+
 def check_feature_pair(x: object, y: object, *, finite: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check two feature maps (B, C, H, W) that are compared position against position.
 
-    Batch sizes and channel counts must agree; the spatial sizes may differ. With ``finite``,
-    NaN and inf are refused too (one device synchronisation).
+    Batch sizes and channel counts must agree; the spatial sizes may differ. The dtypes must
+    agree, except that half precision (float16, bfloat16) may meet float32, as it does under
+    autocast when one side's features were computed (or fixed) outside it: both are then
+    returned as float32. With ``finite``, NaN and inf are refused too (one device
+    synchronisation).
     """
     x = check_tensor("x", x, ndim=4)
     y = check_tensor("y", y, ndim=4)
@@ -134,6 +141,8 @@ def check_feature_pair(x: object, y: object, *, finite: bool = True
             "x and y must have the same number of channels, "
             f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
+    if x.dtype != y.dtype and {x.dtype, y.dtype} <= _MIXED_PRECISION:
+        x, y = x.float(), y.float()
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
     if x.device != y.device:

@@ -205,3 +205,21 @@ def test_command_line_puts_the_objective_where_the_model_trains(tmp_path, monkey
                             "--run-dir", str(tmp_path / "run")]) == 0
     assert seen["device"] == torch.device("meta")
     assert seen["objective"] == {torch.device("meta")}
+
+
+def test_contextual_objectives_train_under_amp_with_a_fixed_float32_target(tmp_path):
+    """Under AMP the generated images' features are half precision while the animation's fixed
+    target features are float32: the GPU check on an H200 found that this raised a dtype
+    TypeError. The first logged loss equals the objective outside autocast, to the precision
+    of bfloat16 convolutions."""
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    sources = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    objective = cxlib.training.AnimationObjective(target, weights=None)
+    net = cxlib.CRN(cxlib.crn_config(32, wide=6, narrow=4, narrow_from=32))
+    with torch.no_grad():
+        want = float(objective(net, {"source": sources})[0])
+    result = cxlib.training.train(net, objective, lambda s: {"source": sources}, steps=2,
+                                  run_dir=tmp_path, lr=1e-3, amp=True, progress=False, device="cpu")
+    assert result.step == 2
+    assert abs(result.history[0]["loss"] - want) < 0.03 * want

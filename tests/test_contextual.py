@@ -475,3 +475,24 @@ def test_check_finite_is_one_pass_per_call_and_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(checks, "check_finite", lambda *a: syncs.append(a) or real(*a))
     cxlib.contextual_loss(y, y)
     assert syncs == []  # the per-tensor counts are only taken on failure
+
+
+def test_autocast_regions_compute_the_loss_in_float32_and_accept_a_float32_reference():
+    """Under autocast the generated features are half precision while a fixed target's are
+    float32 (found on an H200 by the GPU check: AMP training raised a dtype TypeError). The pair
+    is compared in float32, and the loss's matrix products do not run in half precision."""
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(2, 16, 6, 6, generator=g), torch.randn(2, 16, 5, 5, generator=g)
+    want = ref.contextual_loss(x.bfloat16().double(), y.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for implementation in ("full", "blocked"):
+            got = cxlib.contextual_loss(x.bfloat16(), y, implementation=implementation)
+            # computed in float32, returned in x's dtype (documented): one bfloat16 rounding
+            assert got.dtype == torch.bfloat16
+            assert abs(got.item() - want) <= 2**-8 * want
+            # float32 on both sides: the same value as outside autocast (a bfloat16 matrix
+            # product would be off by about 1e-3)
+            inside = cxlib.contextual_loss(x, y, implementation=implementation).item()
+            assert abs(inside - ref.contextual_loss(x.double(), y.double())) < 1e-5
+    with pytest.raises(TypeError, match="same dtype, got torch.float64 and torch.float32"):
+        cxlib.contextual_loss(x.double(), y)

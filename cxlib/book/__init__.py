@@ -4,7 +4,8 @@ the training chapters learn from offline.
 
 - :mod:`.setting`: :func:`book_setting`, :func:`glue`.
 - :mod:`.images`: scikit-image's photographs, misalignments, noise.
-- :mod:`.metrics`: PSNR, SSIM, edge correlation, colour distance.
+- :mod:`.metrics`: PSNR, SSIM, edge correlation, colour distance; what a face translation
+  transferred and kept.
 - :mod:`.plot`: image rows and correspondence pictures (matplotlib).
 - :mod:`.synthetic`: a moving photograph, drawn faces.
 
@@ -12,7 +13,15 @@ Needs the ``book`` extra: ``pip install "cxlib[book] @ git+https://github.com/cx
 """
 
 from .images import PHOTOGRAPHS, add_noise, load_image, misalign, misalignment_grid
-from .metrics import colour_distance, edge_correlation, psnr, ssim
+from .metrics import (
+    attribute_transferred,
+    colour_distance,
+    edge_correlation,
+    head_centres,
+    layout_kept,
+    psnr,
+    ssim,
+)
 from .plot import show_animation, show_correspondence, show_images
 from .setting import book_setting, glue
 from .synthetic import synthetic_faces, synthetic_video
@@ -20,10 +29,13 @@ from .synthetic import synthetic_faces, synthetic_video
 __all__ = [
     "PHOTOGRAPHS",
     "add_noise",
+    "attribute_transferred",
     "book_setting",
     "colour_distance",
     "edge_correlation",
     "glue",
+    "head_centres",
+    "layout_kept",
     "load_image",
     "misalign",
     "misalignment_grid",

@@ -11,7 +11,8 @@ from .._checks import check_tensor
 from .._optional import require
 from ..training.data import edge_map
 
-__all__ = ["colour_distance", "edge_correlation", "psnr", "ssim"]
+__all__ = ["attribute_transferred", "colour_distance", "edge_correlation", "head_centres", "layout_kept",
+           "psnr", "ssim"]
 
 
 def _image_pairs(images: object, reference: object):
@@ -164,3 +165,118 @@ def colour_distance(images: torch.Tensor, reference: torch.Tensor, *, projection
 
     a, b = quantiles(images), quantiles(reference)
     return (a - b).abs().mean(dim=(0, 2))
+
+
+def attribute_transferred(outputs: torch.Tensor, sources: torch.Tensor, truths: torch.Tensor, *,
+                          threshold: float = 0.05) -> torch.Tensor:
+    """How far a translation moved each image towards a known right answer, where it should
+    change: inside the region where the truth differs from the source, the mean fraction of
+    the way from the source's colour to the truth's (0 = unchanged, 1 = the truth's colour),
+    each pixel's fraction clipped to [-1, 2].
+
+    For the synthetic faces of the domain-transfer chapter, whose truth is the same face drawn
+    with the other domain's attribute.
+
+    Args:
+        outputs: the translated images.
+        sources: the images that were translated.
+        truths: the right answers, one per source.
+        threshold: how much (sum over RGB of the absolute difference) a truth pixel must differ
+            from its source pixel to count as part of the attribute.
+
+    Shape:
+        - outputs, sources, truths: (B, 3, H, W).
+        - Output: (B,).
+
+    Returns:
+        The fraction per sample (NaN where truth and source do not differ).
+
+    Example:
+        >>> import torch
+        >>> from cxlib.book import attribute_transferred
+        >>> source, truth = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+        >>> truth[..., :2, :] = 1.0
+        >>> attribute_transferred((source + truth) / 2, source, truth).item()
+        0.5
+    """
+    outputs, sources, truths = (check_tensor(n, v, ndim=4) for n, v in
+                                (("outputs", outputs), ("sources", sources), ("truths", truths)))
+    if not outputs.shape == sources.shape == truths.shape:
+        raise ValueError("outputs, sources and truths must have the same shape, got "
+                         f"{tuple(outputs.shape)}, {tuple(sources.shape)} and {tuple(truths.shape)}")
+    change = truths - sources
+    region = change.abs().sum(1) > threshold
+    moved = ((outputs - sources) * change).sum(1) / change.square().sum(1).clamp_min(1e-12)
+    moved = torch.where(region, moved.clamp(-1, 2), torch.zeros_like(moved))
+    return moved.sum((1, 2)) / region.sum((1, 2))
+
+
+def head_centres(images: torch.Tensor, *, threshold: float = 0.1) -> torch.Tensor:
+    """The centre (row, column) of what differs from the background in each image: for the
+    drawn faces, where the head is. The background's colour is the median of the top and bottom
+    rows.
+
+    Args:
+        images: RGB images on a plain background.
+        threshold: how far (Euclidean, in RGB) a pixel must be from the background's colour.
+
+    Shape:
+        - images: (B, 3, H, W).
+        - Output: (B, 2).
+
+    Returns:
+        The centres in pixels.
+
+    Example:
+        >>> import torch
+        >>> from cxlib.book import head_centres
+        >>> x = torch.zeros(1, 3, 8, 8); x[..., 2:4, 4:8] = 1.0
+        >>> head_centres(x).tolist()
+        [[2.5, 5.5]]
+    """
+    images = check_tensor("images", images, ndim=4)
+    edges = torch.cat([images[..., 0, :], images[..., -1, :]], -1)
+    border = edges.median(-1).values
+    mask = ((images - border[..., None, None]).norm(dim=1) > threshold).to(images.dtype)
+    rows = torch.arange(images.shape[2], dtype=images.dtype, device=images.device)
+    cols = torch.arange(images.shape[3], dtype=images.dtype, device=images.device)
+    area = mask.sum((1, 2)).clamp_min(1)
+    return torch.stack([(mask * rows[:, None]).sum((1, 2)) / area,
+                        (mask * cols[None, :]).sum((1, 2)) / area], 1)
+
+
+def layout_kept(outputs: torch.Tensor, truths: torch.Tensor) -> tuple[float, float]:
+    """Whether each output kept its own input's layout: the mean distance (pixels) from each
+    output's head centre to its own truth's, and to the other truths' (all other pairs).
+
+    A network that ignores its input (one typical face for all) is about as far from its own
+    truth as from the others; one that keeps the layout is much nearer its own.
+
+    Args:
+        outputs: the translated images.
+        truths: the right answers, one per output (at least two).
+
+    Shape:
+        - outputs, truths: (B, 3, H, W), B >= 2.
+
+    Returns:
+        (own, other): the two mean distances in pixels.
+
+    Example:
+        >>> import torch
+        >>> from cxlib.book import layout_kept
+        >>> x = torch.zeros(2, 3, 8, 8); x[0, :, 1:3, 1:3] = 1.0; x[1, :, 5:7, 5:7] = 1.0
+        >>> own, other = layout_kept(x, x)
+        >>> own, round(other, 3)
+        (0.0, 5.657)
+    """
+    outputs = check_tensor("outputs", outputs, ndim=4)
+    truths = check_tensor("truths", truths, ndim=4)
+    if outputs.shape != truths.shape or outputs.shape[0] < 2:
+        raise ValueError("outputs and truths must have the same shape with at least two images, "
+                         f"got {tuple(outputs.shape)} and {tuple(truths.shape)}")
+    distances = torch.cdist(head_centres(outputs).double(), head_centres(truths).double())
+    count = distances.shape[0]
+    own = distances.diagonal().mean().item()
+    other = ((distances.sum() - distances.diagonal().sum()) / (count * (count - 1))).item()
+    return own, other

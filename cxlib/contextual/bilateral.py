@@ -32,7 +32,7 @@ from .._reduction import REDUCTIONS, reduce_batch
 from .distances import prepare_points
 from .full import Term
 from .paths import score_terms
-from .sampling import sampled_point_sets
+from .sampling import outside_autocast, sampled_point_sets
 from .settings import Settings, check_settings
 
 __all__ = ["ContextualBilateralLoss", "contextual_bilateral_loss", "position_grid"]
@@ -76,20 +76,21 @@ def _check_weight_sp(weight_sp: object) -> float:
 
 def _bilateral_similarity(x: torch.Tensor, y: torch.Tensor, weight_sp: float, settings: Settings,
                           generator: torch.Generator | None) -> torch.Tensor:
-    x_points, y_points, x_index, y_index = sampled_point_sets(x, y, settings, generator)
-    x_points, y_points = prepare_points(settings.distance, x_points, y_points, settings.centring)
-    batch = x_points.shape[0]
-    x_grid = position_grid(x.shape[2], x.shape[3], dtype=x_points.dtype, device=x.device)
-    y_grid = position_grid(y.shape[2], y.shape[3], dtype=y_points.dtype, device=y.device)
-    if x_index is not None:
-        x_grid = x_grid[x_index]
-    if y_index is not None:
-        y_grid = y_grid[y_index]
-    x_grid, y_grid = (g.unsqueeze(0).expand(batch, -1, -1) for g in (x_grid, y_grid))
-    terms = [Term(x_points, y_points, settings.distance, 1.0 - weight_sp)]
-    if weight_sp > 0:
-        terms.append(Term(x_grid, y_grid, "l2", weight_sp))
-    return score_terms(terms, settings)
+    with outside_autocast(x):
+        x_points, y_points, x_index, y_index = sampled_point_sets(x, y, settings, generator)
+        x_points, y_points = prepare_points(settings.distance, x_points, y_points, settings.centring)
+        batch = x_points.shape[0]
+        x_grid = position_grid(x.shape[2], x.shape[3], dtype=x_points.dtype, device=x.device)
+        y_grid = position_grid(y.shape[2], y.shape[3], dtype=y_points.dtype, device=y.device)
+        if x_index is not None:
+            x_grid = x_grid[x_index]
+        if y_index is not None:
+            y_grid = y_grid[y_index]
+        x_grid, y_grid = (g.unsqueeze(0).expand(batch, -1, -1) for g in (x_grid, y_grid))
+        terms = [Term(x_points, y_points, settings.distance, 1.0 - weight_sp)]
+        if weight_sp > 0:
+            terms.append(Term(x_grid, y_grid, "l2", weight_sp))
+        return score_terms(terms, settings)
 
 
 def contextual_bilateral_loss(

@@ -16,7 +16,7 @@ from .._reduction import REDUCTIONS, reduce_batch
 from .distances import prepare_points
 from .full import Term
 from .paths import score_terms
-from .sampling import sampled_point_sets
+from .sampling import outside_autocast, sampled_point_sets
 from .settings import Settings, check_settings
 
 __all__ = ["ContextualLoss", "contextual_loss", "contextual_similarity"]
@@ -26,9 +26,10 @@ def _compute_similarity(
     x: torch.Tensor, y: torch.Tensor, settings: Settings, generator: torch.Generator | None
 ) -> torch.Tensor:
     """CX(X, Y) per sample, in float32 for half-precision input, else in the input's dtype."""
-    x_points, y_points, _, _ = sampled_point_sets(x, y, settings, generator)
-    x_points, y_points = prepare_points(settings.distance, x_points, y_points, settings.centring)
-    return score_terms([Term(x_points, y_points, settings.distance)], settings)
+    with outside_autocast(x):
+        x_points, y_points, _, _ = sampled_point_sets(x, y, settings, generator)
+        x_points, y_points = prepare_points(settings.distance, x_points, y_points, settings.centring)
+        return score_terms([Term(x_points, y_points, settings.distance)], settings)
 
 
 def contextual_loss(

@@ -8,7 +8,16 @@ from .._checks import check_feature_pair
 from .distances import as_point_sets
 from .settings import Settings
 
-__all__ = ["sampled_point_sets"]
+__all__ = ["outside_autocast", "sampled_point_sets"]
+
+
+
+def outside_autocast(x: torch.Tensor):
+    """A context in which autocast is off on ``x``'s device: the loss's matrix products run in
+    the precision of its points (float32 for half-precision features, see
+    :func:`sampled_point_sets`), not in float16, inside a caller's autocast region too."""
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"  # bad input: checked later
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def _random_positions(

@@ -5,6 +5,7 @@ paper's applications' objectives, and their command line (``python -m cxlib.trai
 - :mod:`.checkpoint`: atomic checkpoints and how to read them.
 - :mod:`.data`: image folders, video frames, CelebA by attribute, per-step batches.
 - :mod:`.objectives`: the losses of the animation, puppet and domain-transfer applications.
+- :mod:`.cyclegan`: CycleGAN, the method the paper compares unpaired domain transfer with.
 - :mod:`.cli`: the command line.
 
 Reading image files and videos needs imageio, which the ``train`` extra installs
@@ -12,6 +13,7 @@ Reading image files and videos needs imageio, which the ``train`` extra installs
 """
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_step, load_checkpoint
+from .cyclegan import CycleGAN, CycleGANObjective, ImagePool, PatchDiscriminator, ResnetGenerator
 from .data import (
     CelebAAttribute,
     ImageFolder,
@@ -29,9 +31,14 @@ __all__ = [
     "CHECKPOINT_NAME",
     "AnimationObjective",
     "CelebAAttribute",
+    "CycleGAN",
+    "CycleGANObjective",
     "DomainTransferObjective",
     "ImageFolder",
+    "ImagePool",
+    "PatchDiscriminator",
     "PuppetObjective",
+    "ResnetGenerator",
     "StackedImages",
     "StepBatches",
     "TrainResult",

@@ -102,6 +102,15 @@ def _distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _check_betas(betas: object) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+    values = (float(betas[0]), float(betas[1]))
+    if not all(0.0 <= v < 1.0 for v in values):
+        raise ValueError(f"betas must be in [0, 1), got {values}")
+    return values
+
+
 def _restore_scaler(scaler: torch.amp.GradScaler, saved: Mapping) -> None:
     """Load a gradient scaler's state unless the run was saved without one (or runs without one
     now): a run may be resumed with or without ``amp`` whatever it was started with."""
@@ -131,13 +140,13 @@ def _calibrate(loss_fn: object, model: nn.Module, first_batch: Callable[[], Mapp
 
 
 def _prepare(model: nn.Module, loss_fn: object, batch_fn: Callable[[int], Mapping[str, torch.Tensor]],
-             device: torch.device, lr: float, amp: bool):
+             device: torch.device, lr: float, amp: bool, betas: tuple[float, float] = (0.9, 0.999)):
     """The model and the objective on the device, Adam, the gradient scaler (used by AMP on CUDA
     only: bfloat16 on the CPU needs none), and the batch of a step on the device."""
     model = model.to(device)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
 
     def batch_of(step: int) -> dict[str, torch.Tensor]:
@@ -167,6 +176,7 @@ def measure_step_time(
     *,
     steps: int = 3,
     lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
     amp: bool = False,
     device: str | torch.device | None = None,
 ) -> float:
@@ -182,6 +192,7 @@ def measure_step_time(
         batch_fn: the batch of a step, as for :func:`train`.
         steps: timed steps after the warm-up one.
         lr: Adam's learning rate.
+        betas: Adam's betas.
         amp: mixed precision, as for :func:`train`.
         device: where to measure, as for :func:`train`.
 
@@ -203,12 +214,13 @@ def measure_step_time(
     import copy
 
     steps = check_positive_int("steps", steps)
+    betas = _check_betas(betas)
     device = training_device(device)
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked, device_type=device.type):
         loss_fn = copy.deepcopy(loss_fn)
         model, optimizer, scaler, batch = _prepare(copy.deepcopy(model).train(), loss_fn,
-                                                   batch_fn, device, lr, amp)
+                                                   batch_fn, device, lr, amp, betas)
         _calibrate(loss_fn, model, lambda: batch(0), None, device, 1)
         started = 0.0
         for step in range(steps + 1):
@@ -230,6 +242,7 @@ def train(
     steps: int,
     run_dir: str | Path,
     lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
     sample_inputs: torch.Tensor | None = None,
     sample_every: int | None = None,
     checkpoint_every: int = 100,
@@ -251,6 +264,7 @@ def train(
         steps: the total number of steps; a resumed run does the remaining ones.
         run_dir: where the checkpoint (``checkpoint.pt``) and sample grids (``samples/``) go.
         lr: Adam's learning rate (the paper: 1e-4).
+        betas: Adam's betas (CycleGAN's authors: (0.5, 0.999)).
         sample_inputs: inputs whose outputs are saved as an image grid every ``sample_every``
             steps (and at the last step).
         sample_every: steps between sample grids; ``None`` for none.
@@ -305,7 +319,8 @@ def train(
     if rank == 0:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
 
-    model, optimizer, scaler, batch_of = _prepare(model, loss_fn, batch_fn, device, lr, amp)
+    betas = _check_betas(betas)
+    model, optimizer, scaler, batch_of = _prepare(model, loss_fn, batch_fn, device, lr, amp, betas)
     result = TrainResult(model=model)
     saved_objective = None
     if checkpoint_path.is_file():

@@ -28,10 +28,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .._checks import check_choice
+from .._checks import check_choice, check_nonnegative
+from ..contextual import contextual_loss
 from ..losses import gram_loss, l1_loss, perceptual_loss
+from ..patches import PatchFeatures
 from ..vgg import VGG19Features
-from ..vgg_losses import VGGContextualLoss
+from ..vgg_losses import DEFAULT_SOURCE_LAYERS, DEFAULT_TARGET_LAYERS, VGGContextualLoss
 
 __all__ = ["AnimationObjective", "DomainTransferObjective", "PuppetObjective"]
 
@@ -241,9 +243,21 @@ class PuppetObjective(_ScaledObjective):
 class DomainTransferObjective(nn.Module):
     """Unpaired domain transfer: L_CX^t(G(s), t) + L_CX^s(G(s), s), t from the other domain.
 
+    The defaults are the paper's: the target term on ``conv3_2`` and ``conv4_2``, the source term
+    on ``conv4_2``, h = 0.5. The other arguments exist for the ablation of the domain-transfer
+    chapter: the layers and weights of each term, and a source term on raw RGB patches (which,
+    unlike VGG features, describe a small image's layout whatever the weights).
+
     Args:
         weights: VGG19 weights.
         band_width: h.
+        target_layers: VGG19 layer -> weight of the target term (``None``: the paper's).
+        source_layers: VGG19 layer -> weight of the source term (``None``: the paper's); empty
+            for no VGG source term.
+        source_patches: weight of a source term on raw RGB patches,
+            L_CX(patches(G(s)), patches(s)); 0 for none (the paper).
+        patch_size: side of those patches.
+        patch_stride: step between those patches.
 
     Shape:
         - The batch: ``{"source": images of one domain (B, 3, H, W), "target": random images of
@@ -261,12 +275,27 @@ class DomainTransferObjective(nn.Module):
         ['source/conv4_2', 'target/conv3_2', 'target/conv4_2']
     """
 
-    def __init__(self, *, weights="imagenet", band_width: float = 0.5) -> None:
+    def __init__(self, *, weights="imagenet", band_width: float = 0.5,
+                 target_layers: Mapping[str, float] | None = None,
+                 source_layers: Mapping[str, float] | None = None,
+                 source_patches: float = 0.0, patch_size: int = 5, patch_stride: int = 2) -> None:
         super().__init__()
-        self.loss = VGGContextualLoss({"conv3_2": 1.0, "conv4_2": 1.0}, {"conv4_2": 1.0},
-                                      band_width=band_width, weights=weights)
+        self.loss = VGGContextualLoss(
+            DEFAULT_TARGET_LAYERS if target_layers is None else target_layers,
+            DEFAULT_SOURCE_LAYERS if source_layers is None else source_layers,
+            band_width=band_width, weights=weights)
+        self.source_patches = check_nonnegative("source_patches", source_patches)
+        self.patches = PatchFeatures(size=patch_size, stride=patch_stride)
 
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
         source = batch["source"]
-        terms = self.loss.terms(model(source), target=batch["target"], source=source)
-        return sum(terms.values()), _as_float_logs(terms)
+        output = model(source)
+        terms = self.loss.terms(output, target=batch["target"], source=source)
+        weighted = sum(self.loss.roles[role][layer] * terms[f"{role}/{layer}"]
+                       for role in ("target", "source") for layer in self.loss.roles[role])
+        if self.source_patches:
+            terms["source/patches"] = contextual_loss(
+                self.patches(output), self.patches(source),
+                band_width=self.loss.settings.band_width, check_finite=False)
+            weighted = weighted + self.source_patches * terms["source/patches"]
+        return weighted, _as_float_logs(terms)

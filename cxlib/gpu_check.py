@@ -9,6 +9,8 @@ are present:
 - ``fused-second-gpu``: the same on ``cuda:1`` while ``cuda:0`` is the current device (two GPUs);
 - ``resume``: a short training run killed with SIGKILL and resumed, with and without AMP, ends
   where an uninterrupted run ends; a run saved without AMP resumes with it;
+- ``amp``: under AMP the contextual loss does not make the gradient scaler skip steps, and a
+  CycleGAN trained with AMP resumes without it;
 - ``ddp``: two processes with NCCL average their gradients as one process would, and the
   documented ``torchrun ... -m cxlib.training`` command trains (two GPUs);
 - ``chapter``: one training chapter at the fast setting on the GPU;
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -264,6 +267,49 @@ def check_ddp() -> str:
     return f"NCCL, 2 ranks: parameters equal one process's to {diff:.0e}; torchrun -m cxlib.training trained 4 steps"
 
 
+def check_amp(steps: int = 6) -> str:
+    """AMP on the GPU: the contextual loss comes back in float32, so the gradient scaler's first
+    scale (65536, above float16's largest number) does not overflow and skip the first steps; a
+    CycleGAN trained with AMP resumes without it (its history pool keeps float32 images)."""
+    _need_gpus()
+    import cxlib
+
+    device = torch.device("cuda", 0)
+    notes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        photo = cxlib.book.images.load_image("astronaut", 32)
+        frames = cxlib.book.synthetic_video(photo, 4, seed=1)
+        objective = cxlib.training.AnimationObjective(cxlib.book.images.load_image("chelsea", 32),
+                                                      weights=None)
+        model = cxlib.CRN(cxlib.crn_config(32, wide=16, narrow=8, narrow_from=32))
+        cxlib.training.train(model, objective, lambda s: {"source": frames[:2]}, steps=steps,
+                             run_dir=tmp / "crn", lr=1e-3, amp=True, progress=False, device=device)
+        state = cxlib.training.load_checkpoint(tmp / "crn" / "checkpoint.pt")
+        scale = float(state["scaler"]["scale"])
+        if scale < 65536.0:
+            raise CheckFailed(f"the gradient scaler fell to {scale:g} in {steps} AMP steps of the "
+                              "contextual loss: steps were skipped for overflow")
+        notes.append(f"CRN + contextual loss, {steps} AMP steps: scale stays {scale:g}")
+        images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        data_a = cxlib.training.StepBatches(cxlib.training.StackedImages(images[:4]), 1, seed=0)
+        data_b = cxlib.training.StepBatches(cxlib.training.StackedImages(images[4:]), 1, seed=1)
+        for total, amp in ((4, True), (12, False)):
+            gan = cxlib.training.CycleGAN(generator_width=8, blocks=2, discriminator_width=8,
+                                          pool_size=2)
+            result = cxlib.training.train(
+                gan, cxlib.training.CycleGANObjective(),
+                lambda s: {"source": data_a(s), "target": data_b(s)}, steps=total,
+                run_dir=tmp / "gan", lr=2e-4, betas=(0.5, 0.999), amp=amp, progress=False,
+                device=device)
+        if result.step != 12 or not all(math.isfinite(h["loss"]) for h in result.history):
+            raise CheckFailed(f"CycleGAN AMP then fp32: step {result.step}, losses "
+                              f"{[h['loss'] for h in result.history]}")
+        notes.append("CycleGAN trained 4 steps with AMP, resumed to 12 without")
+    return "; ".join(notes)
+
+
 def check_chapter(notebook: str = "06_animation.ipynb") -> str:
     _need_gpus()
     path = ROOT / "book" / notebook
@@ -356,6 +402,7 @@ CHECKS = (
     Check("fused-vs-reference", check_fused_vs_reference),
     Check("fused-second-gpu", check_fused_second_gpu),
     Check("resume", check_resume),
+    Check("amp", check_amp),
     Check("ddp", check_ddp),
     Check("chapter", check_chapter),
     Check("benchmark", check_benchmark),

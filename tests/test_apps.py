@@ -223,3 +223,22 @@ def test_contextual_objectives_train_under_amp_with_a_fixed_float32_target(tmp_p
                                   run_dir=tmp_path, lr=1e-3, amp=True, progress=False, device="cpu")
     assert result.step == 2
     assert abs(result.history[0]["loss"] - want) < 0.03 * want
+
+
+def test_face_measures_on_closed_form_cases():
+    from cxlib.book import attribute_transferred, head_centres, layout_kept
+
+    images = torch.zeros(3, 3, 128, 128, dtype=torch.float16)
+    images[0, :, 10:20, 30:50] = 1.0  # centre (14.5, 39.5)
+    images[1, :, 100:110, 100:104] = 1.0  # centre (104.5, 101.5)
+    centres = head_centres(images)  # float16 sums of indices would overflow
+    assert centres[:2].tolist() == [[14.5, 39.5], [104.5, 101.5]]
+    assert torch.isnan(centres[2]).all()  # nothing on the background: no centre
+    own, other = layout_kept(images[:2].float(), images[:2].float())
+    assert own == 0.0 and abs(other - float(np.hypot(90, 62))) < 1e-9
+    source, truth = torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)
+    truth[..., :4, :] = 1.0
+    out = source.clone()
+    out[..., :2, :] = 1.0  # half of the region moved all the way, half not at all
+    assert attribute_transferred(out, source, truth).item() == 0.5
+    assert torch.isnan(attribute_transferred(out, source, source)).all()

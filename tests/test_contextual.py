@@ -487,12 +487,29 @@ def test_autocast_regions_compute_the_loss_in_float32_and_accept_a_float32_refer
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for implementation in ("full", "blocked"):
             got = cxlib.contextual_loss(x.bfloat16(), y, implementation=implementation)
-            # computed in float32, returned in x's dtype (documented): one bfloat16 rounding
-            assert got.dtype == torch.bfloat16
-            assert abs(got.item() - want) <= 2**-8 * want
+            # computed and returned in float32 (a float16 loss would overflow a gradient
+            # scaler's first scale, 65536)
+            assert got.dtype == torch.float32
+            assert abs(got.item() - want) < 1e-5
             # float32 on both sides: the same value as outside autocast (a bfloat16 matrix
             # product would be off by about 1e-3)
             inside = cxlib.contextual_loss(x, y, implementation=implementation).item()
             assert abs(inside - ref.contextual_loss(x.double(), y.double())) < 1e-5
     with pytest.raises(TypeError, match="same dtype, got torch.float64 and torch.float32"):
         cxlib.contextual_loss(x.double(), y)
+
+
+def test_contextual_matrices_under_autocast_equal_the_similarity_outside_it():
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(1, 8, 5, 5, generator=g), torch.randn(1, 8, 4, 4, generator=g)
+    want = cxlib.contextual_similarity(x, y).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        matrices = cxlib.contextual_matrices(x, y)
+        half = cxlib.contextual_matrices(x.bfloat16(), y.bfloat16())
+    assert matrices.similarity.dtype == torch.float32 and abs(matrices.score.item() - want) < 1e-6
+    assert half.similarity.dtype == torch.float32
+
+
+def test_meta_tensors_pass_through_the_autocast_guard():
+    x = torch.randn(1, 4, 3, 3, device="meta")
+    assert cxlib.contextual_loss(x, x, check_finite=False).device.type == "meta"

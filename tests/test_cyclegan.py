@@ -124,7 +124,7 @@ def test_generator_maps_images_in_0_1_to_0_1_and_checks_its_input():
     g = ResnetGenerator(width=4, blocks=1)
     out = g(torch.rand(2, 3, 16, 16) * 10 - 5)
     assert out.min() >= 0 and out.max() <= 1 and out.shape == (2, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"divisible by 4, got shape \(1, 3, 18, 16\)"):
+    with pytest.raises(ValueError, match=r"divisible by 4 and at least 8, got shape \(1, 3, 18, 16\)"):
         g(torch.rand(1, 3, 18, 16))
     with pytest.raises(ValueError, match="width"):
         ResnetGenerator(width=0)
@@ -173,3 +173,46 @@ def test_train_checks_betas(tmp_path):
     with pytest.raises(ValueError, match=r"betas must be in \[0, 1\), got \(0.5, 1.0\)"):
         train(small_model(), CycleGANObjective(), lambda s: {}, steps=1, run_dir=tmp_path,
               betas=(0.5, 1.0), progress=False, device="cpu")
+
+
+def test_a_run_trained_with_amp_resumes_without_it(tmp_path):
+    """The history pool keeps float32 images: before, a pool filled under autocast handed
+    bfloat16/float16 images to float32 discriminators after a resume without AMP."""
+    data_a = StepBatches(StackedImages(torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))), 2, seed=0)
+    data_b = StepBatches(StackedImages(torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))), 2, seed=1)
+
+    def batches(step):
+        return {"source": data_a(step), "target": data_b(step)}
+
+    for steps, amp in ((3, True), (12, False)):
+        result = train(small_model(pool_size=1), CycleGANObjective(), batches, steps=steps,
+                       run_dir=tmp_path, lr=2e-4, betas=(0.5, 0.999), amp=amp, progress=False,
+                       device="cpu")
+    assert result.step == 12 and result.model.pool_a.images.dtype == torch.float32
+
+
+def test_a_resumed_run_takes_the_learning_rate_it_is_given(tmp_path):
+    """Before, the optimiser's saved learning rate (and betas) silently won over the call's."""
+    data = StepBatches(StackedImages(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))), 2, seed=0)
+
+    def batches(step):
+        return {"source": data(step), "target": data(step + 1)}
+
+    first = train(small_model(), CycleGANObjective(), batches, steps=2, run_dir=tmp_path, lr=1e-2,
+                  progress=False, device="cpu")
+    before = [p.detach().clone() for p in first.model.parameters()]
+    resumed = train(small_model(), CycleGANObjective(), batches, steps=3, run_dir=tmp_path,
+                    lr=1e-12, progress=False, device="cpu")
+    moved = max((p - q).abs().max().item() for p, q in zip(resumed.model.parameters(), before))
+    assert moved < 1e-9  # an Adam step moves each parameter by about lr
+
+
+def test_pool_and_networks_refuse_what_they_cannot_take():
+    pool = ImagePool(3)
+    pool(torch.rand(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="holds 3 images, this one 5: resume with pool_size=3"):
+        ImagePool(5).load_state_dict(pool.state_dict())
+    with pytest.raises(ValueError, match=r"H, W >= 24, got shape \(1, 3, 20, 32\)"):
+        PatchDiscriminator(width=4)(torch.rand(1, 3, 20, 32))
+    with pytest.raises(ValueError, match=r"at least 8, got shape \(1, 3, 4, 4\)"):
+        ResnetGenerator(width=4, blocks=1)(torch.rand(1, 3, 4, 4))

@@ -225,7 +225,7 @@ def head_centres(images: torch.Tensor, *, threshold: float = 0.1) -> torch.Tenso
         - Output: (B, 2).
 
     Returns:
-        The centres in pixels.
+        The centres in pixels (float64; NaN for an image with nothing on its background).
 
     Example:
         >>> import torch
@@ -237,12 +237,14 @@ def head_centres(images: torch.Tensor, *, threshold: float = 0.1) -> torch.Tenso
     images = check_tensor("images", images, ndim=4)
     edges = torch.cat([images[..., 0, :], images[..., -1, :]], -1)
     border = edges.median(-1).values
-    mask = ((images - border[..., None, None]).norm(dim=1) > threshold).to(images.dtype)
-    rows = torch.arange(images.shape[2], dtype=images.dtype, device=images.device)
-    cols = torch.arange(images.shape[3], dtype=images.dtype, device=images.device)
-    area = mask.sum((1, 2)).clamp_min(1)
-    return torch.stack([(mask * rows[:, None]).sum((1, 2)) / area,
-                        (mask * cols[None, :]).sum((1, 2)) / area], 1)
+    images = images.double()  # sums of pixel indices overflow half precision
+    mask = ((images - border.double()[..., None, None]).norm(dim=1) > threshold).double()
+    rows = torch.arange(images.shape[2], dtype=torch.float64, device=images.device)
+    cols = torch.arange(images.shape[3], dtype=torch.float64, device=images.device)
+    area = mask.sum((1, 2))
+    centres = torch.stack([(mask * rows[:, None]).sum((1, 2)) / area,
+                           (mask * cols[None, :]).sum((1, 2)) / area], 1)
+    return torch.where(area[:, None] > 0, centres, torch.full_like(centres, float("nan")))
 
 
 def layout_kept(outputs: torch.Tensor, truths: torch.Tensor) -> tuple[float, float]:

@@ -32,6 +32,7 @@ from .._reduction import REDUCTIONS, reduce_batch
 from .distances import prepare_points
 from .full import Term
 from .paths import score_terms
+from .loss import _result_dtype
 from .sampling import outside_autocast, sampled_point_sets
 from .settings import Settings, check_settings
 
@@ -137,7 +138,7 @@ def contextual_bilateral_loss(
         - Output: a scalar, or (B,) with ``reduction="none"``.
 
     Returns:
-        The loss, in the dtype of ``x``.
+        The loss, in the dtype of ``x``; float32 for float16/bfloat16 features.
 
     Example:
         >>> import torch, cxlib
@@ -151,7 +152,7 @@ def contextual_bilateral_loss(
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     generator = check_generator("generator", generator)
     similarity = _bilateral_similarity(x, y, weight_sp, settings, generator)
-    return reduce_batch(-torch.log(similarity), reduction).to(x.dtype)
+    return reduce_batch(-torch.log(similarity), reduction).to(_result_dtype(x))
 
 
 class ContextualBilateralLoss(nn.Module):

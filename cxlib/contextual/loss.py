@@ -22,6 +22,11 @@ from .settings import Settings, check_settings
 __all__ = ["ContextualLoss", "contextual_loss", "contextual_similarity"]
 
 
+def _result_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the result: the features' own, but float32 for half precision."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def _compute_similarity(
     x: torch.Tensor, y: torch.Tensor, settings: Settings, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -128,7 +133,9 @@ def contextual_loss(
         - Output: a scalar, or (B,) with ``reduction="none"``.
 
     Returns:
-        The loss, in the dtype of ``x`` (float16/bfloat16 are computed in float32).
+        The loss, in the dtype of ``x``; float32 for float16/bfloat16 features (computed in
+        float32, and returned so, as autocast's own losses are: a float16 loss would overflow
+        a gradient scaler's first scale).
 
     Raises:
         TypeError: non-tensor or non-floating-point input, mismatched dtypes.
@@ -152,7 +159,7 @@ def contextual_loss(
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     generator = check_generator("generator", generator)
     similarity = _compute_similarity(x, y, settings, generator)
-    return reduce_batch(-torch.log(similarity), reduction).to(x.dtype)
+    return reduce_batch(-torch.log(similarity), reduction).to(_result_dtype(x))
 
 
 def contextual_similarity(
@@ -196,7 +203,7 @@ def contextual_similarity(
         - Output: (B,).
 
     Returns:
-        CX(X, Y) per sample, in the dtype of ``x`` (float16/bfloat16 are computed in float32).
+        CX(X, Y) per sample, in the dtype of ``x``; float32 for float16/bfloat16 features.
 
     Raises:
         TypeError: non-tensor or non-floating-point input, mismatched dtypes.
@@ -214,7 +221,7 @@ def contextual_similarity(
         centring,
     )
     generator = check_generator("generator", generator)
-    return _compute_similarity(x, y, settings, generator).to(x.dtype)
+    return _compute_similarity(x, y, settings, generator).to(_result_dtype(x))
 
 
 class ContextualLoss(nn.Module):

@@ -9,6 +9,7 @@ import torch
 from .._checks import check_feature_pair
 from .distances import as_point_sets, pairwise_distance, prepare_points
 from .full import relative_distance, similarity_logits
+from .sampling import outside_autocast
 from .settings import check_settings
 
 __all__ = ["ContextualMatrices", "contextual_matrices"]
@@ -91,6 +92,13 @@ def contextual_matrices(
             f"contextual_matrices takes one sample: expected (C, H, W) or (1, C, H, W), "
             f"got x {tuple(x.shape)}"
         )
+    if x.dtype in (torch.float16, torch.bfloat16):  # as the loss: Eq. 2 needs float32
+        x, y = x.float(), y.float()
+    with outside_autocast(x):
+        return _matrices(x, y, settings)
+
+
+def _matrices(x: torch.Tensor, y: torch.Tensor, settings) -> ContextualMatrices:
     x_raw, y_raw = as_point_sets(x), as_point_sets(y)
     x_points, y_points = prepare_points(settings.distance, x_raw, y_raw)
     dist = pairwise_distance(settings.distance, x_points, y_points)[0]

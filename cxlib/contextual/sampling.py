@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .._checks import check_feature_pair
@@ -17,6 +19,8 @@ def outside_autocast(x: torch.Tensor):
     the precision of its points (float32 for half-precision features, see
     :func:`sampled_point_sets`), not in float16, inside a caller's autocast region too."""
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"  # bad input: checked later
+    if not torch.amp.is_autocast_available(device_type):  # e.g. meta tensors: nothing to turn off
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
 
 
@@ -53,7 +57,9 @@ def sampled_point_sets(
         ``(x_points, y_points, x_index, y_index)``.
 
     Example:
-        >>> import torch
+        >>> import contextlib
+
+import torch
         >>> from cxlib.contextual.settings import check_settings
         >>> from cxlib.contextual.sampling import sampled_point_sets
         >>> s = check_settings(0.5, 1e-5, "cosine", "auto", None, 4)

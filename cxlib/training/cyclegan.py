@@ -98,9 +98,11 @@ class ResnetGenerator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         factor = 2**self.downsamplings
         if images.ndim != 4 or images.shape[1] != self.channels or images.shape[2] % factor \
-                or images.shape[3] % factor:
+                or images.shape[3] % factor or min(images.shape[2:]) < 2 * factor:
+            # At least 2x2 positions at the bottom: reflection padding and instance
+            # normalisation need them.
             raise ValueError(f"images must be (B, {self.channels}, H, W) with H and W divisible by "
-                             f"{factor}, got shape {tuple(images.shape)}")
+                             f"{factor} and at least {2 * factor}, got shape {tuple(images.shape)}")
         return (self.net(images * 2 - 1) + 1) / 2
 
 
@@ -142,8 +144,14 @@ class PatchDiscriminator(nn.Module):
             previous = current
         blocks.append(nn.Conv2d(previous, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*blocks)
+        self.channels = channels
+        # Instance normalisation needs more than one position after the last stride-1 layer.
+        self.min_size = 3 * 2**layers
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != self.channels or min(images.shape[2:]) < self.min_size:
+            raise ValueError(f"images must be (B, {self.channels}, H, W) with H, W >= {self.min_size}, "
+                             f"got shape {tuple(images.shape)}")
         return self.net(images * 2 - 1)
 
 
@@ -154,6 +162,10 @@ class ImagePool(nn.Module):
     is, with probability 1/2, returned as it is, else swapped with a random stored image (which is
     returned, and replaced by it). The stored images are buffers, so a checkpoint keeps them;
     the draws use torch's global generator, which :func:`cxlib.training.train` checkpoints.
+
+    Under torchrun each rank keeps its own pool (:class:`CycleGAN` asks
+    :func:`cxlib.training.train` not to broadcast its buffers); a checkpoint holds rank 0's,
+    which every rank resumes with.
 
     Args:
         size: images kept; 0 passes every image through.
@@ -180,6 +192,9 @@ class ImagePool(nn.Module):
         # The stored images' shape is only known once images have passed: take the saved one.
         saved = state_dict.get(prefix + "images")
         if saved is not None:
+            if saved.numel() and saved.shape[0] != self.size:
+                raise ValueError(f"the saved image pool holds {saved.shape[0]} images, this one "
+                                 f"{self.size}: resume with pool_size={saved.shape[0]}")
             self.images = torch.empty_like(saved, device=self.images.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -188,7 +203,9 @@ class ImagePool(nn.Module):
         if self.size == 0:
             return images
         if self.images.shape[1:] != images.shape[1:]:
-            self.images = images.new_zeros((self.size, *images.shape[1:]))
+            # float32 whatever the input (autocast's float16 now, float32 after a resume
+            # without AMP): what is returned takes the input's dtype.
+            self.images = images.new_zeros((self.size, *images.shape[1:]), dtype=torch.float32)
             self.count.zero_()
         count = int(self.count)
         out = []
@@ -199,7 +216,7 @@ class ImagePool(nn.Module):
                 out.append(image)
             elif float(torch.rand(())) < 0.5:
                 k = int(torch.randint(self.size, ()))
-                out.append(self.images[k].clone())
+                out.append(self.images[k].to(images.dtype, copy=True))
                 self.images[k] = image
             else:
                 out.append(image)
@@ -272,6 +289,10 @@ class CycleGAN(nn.Module):
         >>> model(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)).real_b_score.shape
         torch.Size([2, 1, 2, 2])
     """
+
+    #: Read by :func:`cxlib.training.train`: under torchrun each rank keeps its own history
+    #: pool instead of receiving rank 0's before every step.
+    broadcast_buffers = False
 
     def __init__(self, *, channels: int = 3, generator_width: int = 64, blocks: int = 9,
                  downsamplings: int = 2, discriminator_width: int = 64,

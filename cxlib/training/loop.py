@@ -263,8 +263,9 @@ def train(
             the device here). It must depend only on the step (see :class:`cxlib.training.StepBatches`).
         steps: the total number of steps; a resumed run does the remaining ones.
         run_dir: where the checkpoint (``checkpoint.pt``) and sample grids (``samples/``) go.
-        lr: Adam's learning rate (the paper: 1e-4).
-        betas: Adam's betas (CycleGAN's authors: (0.5, 0.999)).
+        lr: Adam's learning rate (the paper: 1e-4); a resumed run takes this one, not the saved
+            one.
+        betas: Adam's betas (CycleGAN's authors: (0.5, 0.999)); likewise.
         sample_inputs: inputs whose outputs are saved as an image grid every ``sample_every``
             steps (and at the last step).
         sample_every: steps between sample grids; ``None`` for none.
@@ -327,6 +328,8 @@ def train(
         state = load_checkpoint(checkpoint_path)  # on the CPU: see load_checkpoint
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
+        for group in optimizer.param_groups:  # the arguments of this call, not the saved ones
+            group["lr"], group["betas"] = lr, betas
         _restore_scaler(scaler, state["scaler"])
         result.history = [dict(h) for h in state["history"]]
         result.step = result.resumed_from = int(state["step"])
@@ -338,7 +341,9 @@ def train(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # A model may keep per-rank state in buffers (CycleGAN's history pools) and say so.
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=getattr(model, "broadcast_buffers", True))
 
     def save() -> None:
         if rank == 0:

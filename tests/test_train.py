@@ -292,3 +292,37 @@ def test_a_run_saved_on_more_gpus_resumes_on_fewer(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=0: restored.append((device, int(s[0]))))
     _set_rng_state(state)
     assert restored == [(0, 0)]
+
+
+CYCLEGAN_DDP_SCRIPT = textwrap.dedent('''
+    import os, sys, torch, cxlib
+    torch.manual_seed(0)
+    model = cxlib.training.CycleGAN(generator_width=4, blocks=1, discriminator_width=4, pool_size=4)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    a = cxlib.training.StepBatches(cxlib.training.StackedImages(images[:4]), 1, seed=0)
+    b = cxlib.training.StepBatches(cxlib.training.StackedImages(images[4:]), 1, seed=1)
+    cxlib.training.train(model, cxlib.training.CycleGANObjective(),
+                         lambda s: {"source": a(s), "target": b(s)}, steps=3, run_dir=sys.argv[1],
+                         lr=2e-4, betas=(0.5, 0.999), progress=False, device="cpu")
+    rank = os.environ["RANK"]
+    torch.save({"pool": model.pool_b.images.clone(), "params": [p.detach() for p in model.parameters()]},
+               os.path.join(sys.argv[1], f"rank{rank}.pt"))
+''')
+
+
+def test_cyclegan_under_torchrun_keeps_one_history_pool_per_rank(tmp_path):
+    """DDP broadcasts buffers from rank 0 before every forward by default: every rank's history
+    pool was replaced by rank 0's. CycleGAN asks train() not to; the parameters stay in sync."""
+    script = tmp_path / "cyclegan_ddp.py"
+    script.write_text(CYCLEGAN_DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), str(tmp_path / "ddp")],
+                          capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # Each rank stored the fakes of its own batches (steps 2s + r), the first two entries
+    # included (with rank 0's pool broadcast before each step, those two would be equal).
+    assert min((ranks[0]["pool"][k] - ranks[1]["pool"][k]).abs().max() for k in (0, 1)) > 1e-3
+    for p, q in zip(ranks[0]["params"], ranks[1]["params"]):
+        torch.testing.assert_close(p, q)

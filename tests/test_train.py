@@ -139,14 +139,19 @@ DDP_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_distributed_data_parallel_averages_the_ranks_gradients(tmp_path):
+def run_on_two_ranks(script_text: str, tmp_path) -> None:
+    """Run a script under torchrun with two CPU processes (gloo); its run folder is tmp_path/ddp."""
     script = tmp_path / "ddp_script.py"
-    script.write_text(DDP_SCRIPT)
+    script.write_text(script_text)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(script), str(tmp_path / "ddp")],
                           capture_output=True, text=True, env=env, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_distributed_data_parallel_averages_the_ranks_gradients(tmp_path):
+    run_on_two_ranks(DDP_SCRIPT, tmp_path)
     got = torch.load(tmp_path / "ddp" / "params.pt", weights_only=True)
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file()
     # Both ranks optimise rank 0's objective, and the checkpoint keeps it.
@@ -313,13 +318,7 @@ CYCLEGAN_DDP_SCRIPT = textwrap.dedent('''
 def test_cyclegan_under_torchrun_keeps_one_history_pool_per_rank(tmp_path):
     """DDP broadcasts buffers from rank 0 before every forward by default: every rank's history
     pool was replaced by rank 0's. CycleGAN asks train() not to; the parameters stay in sync."""
-    script = tmp_path / "cyclegan_ddp.py"
-    script.write_text(CYCLEGAN_DDP_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", str(script), str(tmp_path / "ddp")],
-                          capture_output=True, text=True, env=env, check=False, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_on_two_ranks(CYCLEGAN_DDP_SCRIPT, tmp_path)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # Each rank stored the fakes of its own batches (steps 2s + r), the first two entries
     # included (with rank 0's pool broadcast before each step, those two would be equal).

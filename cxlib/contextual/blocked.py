@@ -1,7 +1,7 @@
 """The contextual similarity computed in blocks of rows, with O(block x N) memory.
 
 Steps 2-4 (relative distance, weights, softmax over the target points k) only look at one row i
-of the distance matrix at a time, and the max over i of Eq. 5 can be accumulated block by block.
+of the distance matrix at a time, and the max over i of Eq. 1 can be accumulated block by block.
 So the forward pass walks over blocks of rows of the (Nx, N) matrix and keeps, per row, three
 numbers (its minimum distance, where that minimum is, and the log of the softmax normaliser), and
 per target point j two (the best CX_ij so far and its row i). Nothing of size Nx x N survives a
@@ -10,7 +10,7 @@ block.
 The backward pass walks over the same blocks, recomputes the block's distances, rebuilds CX_ij
 from the saved row statistics, and pushes the gradient through by hand:
 
-- only the best row of each column receives gradient from the max of Eq. 5;
+- only the best row of each column receives gradient from the max of Eq. 1;
 - through the softmax: dlogit_ik = CX_ik (g_ik - sum_j g_ij CX_ij);
 - through Eq. 2, including the path through the row minimum, which routes to the argmin;
 - through the distance itself with autograd on the recomputed block (two matmuls for cosine/L2).

@@ -6,13 +6,16 @@ Given distances d (B, Nx, N) between generated points x_i and target points y_j:
 - Eq. 2, relative distance: d~_ij = d_ij / (min_k d_ik + eps)
 - Eq. 3, weight: w_ij = exp((1 - d~_ij) / h)
 - Eq. 4, contextual similarity of two points: CX_ij = w_ij / sum_k w_ik
-- Eq. 5, of two sets: CX(X, Y) = (1/N) sum_j max_i CX_ij
+- Eq. 1, of two sets: CX(X, Y) = (1/N) sum_j max_i CX_ij
+- Eq. 5, the loss: L_CX = -log CX(X, Y)
+
+(The paper numbers them this way: Eq. 1 defines CX(X, Y) first, Eqs. 2-4 then define CX_ij.)
 
 CX_ij is exactly a softmax over k of the logits (1 - d~_ik) / h, which is how it is computed
 here: exp() of the raw logits overflows in float32 for h < 1/88.
 
 A :class:`Term` is one such comparison; several terms over the same (i, j) grid can be mixed
-before the max of Eq. 5, CX_ij = sum_t weight_t CX^t_ij, which is how the contextual bilateral
+before the max of Eq. 1, CX_ij = sum_t weight_t CX^t_ij, which is how the contextual bilateral
 loss adds a spatial term to the feature term.
 """
 
@@ -73,7 +76,7 @@ def similarity_matrix(distance: torch.Tensor, band_width: float, eps: float) -> 
 
 
 def full_similarity(terms: Sequence[Term], band_width: float, eps: float) -> torch.Tensor:
-    """Eq. 5 on full matrices: CX(X, Y) per sample, (B,), of the weighted mix of the terms."""
+    """Eq. 1 on full matrices: CX(X, Y) per sample, (B,), of the weighted mix of the terms."""
     cx = sum(
         term.weight
         * similarity_matrix(pairwise_distance(term.distance, term.x_points, term.y_points),

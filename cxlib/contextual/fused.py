@@ -9,7 +9,7 @@ distances from the points (two matmul-like products per tile) instead of storing
   exp(logit_ik - max_i) without any rescaling, giving the log of Eq. 4's normaliser, and the
   mean distance under CX (needed by the backward).
 - ``_column_max``: one program per block of columns j; a pass over the rows rebuilds CX_ij from
-  the row statistics and keeps the max over i and its argmax (Eq. 5).
+  the row statistics and keeps the max over i and its argmax (Eq. 1).
 - Backward: the gradient reaching CX_ij is non-zero only at (argmax_j, j), so all sparse parts
   (the max, the path through the row minimum) are O(N) gathers done in PyTorch, and the only
   dense part is P_ij = CX_ij * c_i for a per-row coefficient c_i. ``_grad_x`` (rows) and

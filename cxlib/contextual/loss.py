@@ -52,7 +52,7 @@ def contextual_loss(
     check_finite: bool = True,
     centring: str = "sample",
 ) -> torch.Tensor:
-    r"""Contextual loss :math:`\mathcal{L}_{CX} = -\log \mathrm{CX}(X, Y)` (equation 6 of the paper).
+    r"""Contextual loss :math:`\mathcal{L}_{CX} = -\log \mathrm{CX}(X, Y)` (Eq. 5 of the paper).
 
     0 when every target feature has a distinct, clearly closest generated feature (for example
     ``x`` equal to ``y``); about :math:`\log N` when the two sets are far apart.
@@ -176,7 +176,7 @@ def contextual_similarity(
     check_finite: bool = True,
     centring: str = "sample",
 ) -> torch.Tensor:
-    r"""Contextual similarity CX(X, Y) of each sample, in [0, 1] (equation 5 of the paper).
+    r"""Contextual similarity CX(X, Y) of each sample, in [0, 1] (Eq. 1 of the paper).
 
     For each target feature :math:`y_j` it finds the generated feature :math:`x_i` that is most
     contextually similar to it and averages those similarities over :math:`j`. The steps, and

@@ -142,7 +142,10 @@ def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, so
         True
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0))
+    # Constrained layout leaves room for a title of several lines above the panels' own
+    # two-line titles (tight_layout let them overlap).
+    fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0 + 0.2 * title.count("\n")),
+                             layout="constrained")
     strength = matrices.best_similarity.detach().cpu().reshape(*target_shape).numpy()
     source_name, target_name = names
     panels = [
@@ -162,7 +165,6 @@ def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, so
     fig.colorbar(shown, ax=axes[4], fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return fig
 
 

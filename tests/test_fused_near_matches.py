@@ -96,3 +96,27 @@ def test_near_matches_values_and_gradients(implementation, kind, distance):
         # float32 paths are within ~1e-6 of float64 here; 1e-5 of the largest entry allows for
         # other rounding (other BLAS, a GPU) and still catches any mismatch between the passes
         assert error < 1e-5, f"grad {name}: error {error:.2e} of the largest entry {scale:.2e}"
+
+
+@pytest.mark.skipif(not fused_available(DEVICE), reason="Triton unavailable")
+@pytest.mark.parametrize("wanted", ["x", "y"])
+def test_one_gradient_alone_near_matches(wanted):
+    """Only x's gradient (a fixed target, as in training) or only y's: the backward then runs
+    its kernels differently (without x's, only the first channel block of _grad_x, for the row
+    sums the row minimum's gradient needs). 80 channels: two channel blocks of 64."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(1, 80, 6, 5, generator=g)
+    x = torch.randn(1, 80, 5, 5, generator=g)
+    x[..., 0, :] = y[..., 1, :]
+    x[..., 2, :] = y[..., 3, :] + 1e-4 * torch.randn(1, 80, 5, generator=g)
+    leaf = (x if wanted == "x" else y).to(DEVICE).clone().requires_grad_()
+    other = (y if wanted == "x" else x).to(DEVICE)
+    pair = (leaf, other) if wanted == "x" else (other, leaf)
+    (got,) = torch.autograd.grad(
+        cxlib.contextual_loss(*pair, distance="l2", band_width=BAND_WIDTH, implementation="fused"), leaf)
+    leaf64 = leaf.detach().cpu().double().requires_grad_()
+    pair64 = (leaf64, other.cpu().double()) if wanted == "x" else (other.cpu().double(), leaf64)
+    (want,) = torch.autograd.grad(
+        cxlib.contextual_loss(*pair64, distance="l2", band_width=BAND_WIDTH, implementation="full"), leaf64)
+    error = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
+    assert error < 1e-5, f"grad {wanted}: error {error:.2e} of the largest entry"

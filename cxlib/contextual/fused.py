@@ -4,16 +4,24 @@ Like flash attention, the kernels stream over tiles of the (Nx, N) matrix and re
 distances from the points (two matmul-like products per tile) instead of storing them:
 
 - ``_row_stats``: one program per block of rows i. A first pass over the columns finds the row
-  minimum m_i = min_k d_ik (and where it is); then the largest logit of the row is known, it is
+  minimum m_i = min_k d_ik (and where it is; for l2 before the clamp at 0, see below); then the largest logit of the row is known, it is
   (1 - m_i / (m_i + eps)) / h at the nearest neighbour, so a second pass sums
-  exp(logit_ik - max_i) without any rescaling, giving the log of Eq. 4's normaliser, and the
-  mean distance under CX (needed by the backward).
+  exp(logit_ik - max_i) without any rescaling, giving the log of Eq. 4's normaliser.
 - ``_column_max``: one program per block of columns j; a pass over the rows rebuilds CX_ij from
   the row statistics and keeps the max over i and its argmax (Eq. 1).
-- Backward: the gradient reaching CX_ij is non-zero only at (argmax_j, j), so all sparse parts
-  (the max, the path through the row minimum) are O(N) gathers done in PyTorch, and the only
-  dense part is P_ij = CX_ij * c_i for a per-row coefficient c_i. ``_grad_x`` (rows) and
-  ``_grad_y`` (columns) stream over tiles computing P @ Y and P^T @ X.
+- Backward: the gradient reaching CX_ij is non-zero only at (argmax_j, j). ``_grad_x`` (rows)
+  and ``_grad_y`` (columns) stream over tiles, form P_ik = dL/dd_ik through the softmax and
+  the max entry by entry, and compute P @ Y and P^T @ X; ``_grad_x`` also sums P_ik d_ik per
+  row, the gradient through the row minimum, which PyTorch routes to (i, argmin_i) in O(N).
+
+Near matches (x_i = y_k, or within float32 rounding of it), which training drives the features
+towards, make den = m_i + eps as small as eps, and d / den multiplies any rounding by up to
+1 / eps. The backward therefore never subtracts two large numbers after a product: at the best
+entries it uses the forward's own best_j (the numbers r_i was summed from), cancels
+CX_ik (r_i - g) inside the tile as the full path's softmax backward does, and sums the row
+minimum's gradient entry by entry. Every pass computes a tile's distances with the same code on
+the same 64 x 64 tiles, and the l2 clamp at a row's minimum is decided in the forward and saved
+(m_i < 0), so the forward and backward agree on it.
 
 Everything is float32 and the tile products use IEEE float32 (no TF32): Eq. 2 divides by a
 small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2"``.
@@ -91,11 +99,12 @@ def fused_available(device: torch.device | str) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
-                       sxb, sxn, sxc, syb, syn, syc,
-                       IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_C: tl.constexpr):
-        """d for a (BLOCK_M, BLOCK_N) tile, and a mask of the entries not clamped (l2)."""
+    def _tile_raw_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
+                           sxb, sxn, sxc, syb, syn, syc,
+                           IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+        """d for a (BLOCK_M, BLOCK_N) tile before l2's clamp: |x|^2 + |y|^2 - 2 x.y (which
+        rounding can take below 0), or 1 - x.y."""
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for c0 in range(0, C, BLOCK_C):
             ch = c0 + tl.arange(0, BLOCK_C)
@@ -108,9 +117,20 @@ if triton is not None:
         if IS_L2:
             xn = tl.load(XN + rows, mask=row_ok, other=0.0)  # XN, YN: this sample's norms
             yn = tl.load(YN + cols, mask=col_ok, other=0.0)
-            raw = xn[:, None] + yn[None, :] - 2.0 * acc
+            return xn[:, None] + yn[None, :] - 2.0 * acc
+        return 1.0 - acc
+
+    @triton.jit
+    def _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
+                       sxb, sxn, sxc, syb, syn, syc,
+                       IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+        """d for a (BLOCK_M, BLOCK_N) tile, and a mask of the entries not clamped (l2)."""
+        raw = _tile_raw_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
+                                 sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+        if IS_L2:
             return tl.maximum(raw, 0.0), raw >= 0.0
-        return 1.0 - acc, acc == acc
+        return raw, raw == raw
 
     @triton.jit
     def _tile_similarity(X, Y, XN, YN, M, LSE, b, rows, cols, row_ok, col_ok, Nx, C,
@@ -118,17 +138,45 @@ if triton is not None:
                          IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_C: tl.constexpr):
         """CX_ij for a tile, rebuilt from the distances and the rows' saved statistics (their
-        minimum and log-normaliser), and the l2 clamp mask."""
+        minimum and log-normaliser), the distances, and the l2 clamp mask."""
         d, unclamped = _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
                                       sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
                                       BLOCK_C)
         minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
         lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
         den = tl.maximum(minimum, 0.0) + eps
-        return tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None]), unclamped
+        return tl.exp((1.0 - d / den[:, None]) * inv_h - lse[:, None]), d, unclamped
 
     @triton.jit
-    def _row_stats(X, Y, XN, YN, M_out, AM_out, LSE_out, Q_out, Nx, N, C,
+    def _tile_grad_distance(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, b, rows, cols, row_ok, col_ok,
+                            Nx, N, C, sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
+                            IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_C: tl.constexpr):
+        """dL/dd_ik for a tile through the softmax and the max (not through the row minimum):
+        CX_ik (r_i - [i is column k's best row] g) / (h den_i), with r_i = g sum of CX_ij over
+        the columns j whose best row is i, and g = dL/dbest_j (the same for every column);
+        and the tile's distances.
+
+        Both terms are formed here, entry by entry, before any product: at an exact match
+        CX_ik = 1 and the two cancel, which after a product over the channels would leave
+        (1/(h eps)) times float32 rounding. At the best entries CX_ik is the forward's saved
+        best_k, the very number r_i was summed from."""
+        cx, d, unclamped = _tile_similarity(X, Y, XN, YN, M, LSE, b, rows, cols, row_ok,
+                                            col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc, inv_h,
+                                            eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+        minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
+        r = tl.load(R + b * Nx + rows, mask=row_ok, other=0.0)
+        best = tl.load(BEST + b * N + cols, mask=col_ok, other=0.0)
+        best_row = tl.load(BROW + b * N + cols, mask=col_ok, other=-1)
+        g = tl.load(G + b)
+        scale = inv_h / (tl.maximum(minimum, 0.0) + eps)
+        chosen = best_row[None, :] == rows[:, None]
+        cx = tl.where(chosen, best[None, :], cx)
+        grad = cx * (r[:, None] - tl.where(chosen, g, 0.0)) * scale[:, None]
+        return tl.where(row_ok[:, None] & col_ok[None, :] & unclamped, grad, 0.0), d
+
+    @triton.jit
+    def _row_stats(X, Y, XN, YN, M_out, AM_out, LSE_out, Nx, N, C,
                    sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                    IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_C: tl.constexpr):
@@ -137,23 +185,28 @@ if triton is not None:
         row_ok = rows < Nx
         xn_ptr = XN + b * Nx
         yn_ptr = YN + b * N
+        # The minimum before l2's clamp: min_k d_ik is max(minimum, 0), and minimum < 0 says the
+        # clamp was active there (no gradient through it), which the backward reads from M.
         minimum = tl.full((BLOCK_M,), float("inf"), tl.float32)
         where = tl.zeros((BLOCK_M,), tl.int32)
         for n0 in range(0, N, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < N
-            d, _ = _tile_distance(X, Y, xn_ptr, yn_ptr, b, rows, cols, row_ok, col_ok, C,
-                                  sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
-            d = tl.where(col_ok[None, :], d, float("inf"))
-            tile_min = tl.min(d, axis=1)
-            tile_where = tl.argmin(d, axis=1).to(tl.int32) + n0
+            raw = _tile_raw_distance(X, Y, xn_ptr, yn_ptr, b, rows, cols, row_ok, col_ok, C,
+                                     sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
+                                     BLOCK_C)
+            raw = tl.where(col_ok[None, :], raw, float("inf"))
+            tile_min = tl.min(raw, axis=1)
+            tile_where = tl.argmin(raw, axis=1).to(tl.int32) + n0
             better = tile_min < minimum
             minimum = tl.where(better, tile_min, minimum)
             where = tl.where(better, tile_where, where)
         den = tl.maximum(minimum, 0.0) + eps
-        top = (1.0 - minimum / den) * inv_h  # the row's largest logit, at its nearest neighbour
+        nearest = minimum  # d at the row's nearest neighbour
+        if IS_L2:
+            nearest = tl.maximum(minimum, 0.0)
+        top = (1.0 - nearest / den) * inv_h  # the row's largest logit, at its nearest neighbour
         total = tl.zeros((BLOCK_M,), tl.float32)
-        weighted = tl.zeros((BLOCK_M,), tl.float32)
         for n0 in range(0, N, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < N
@@ -162,12 +215,10 @@ if triton is not None:
             e = tl.exp((1.0 - d / den[:, None]) * inv_h - top[:, None])
             e = tl.where(col_ok[None, :], e, 0.0)
             total += tl.sum(e, axis=1)
-            weighted += tl.sum(e * tl.where(col_ok[None, :], d, 0.0), axis=1)
         out = b * Nx + rows
         tl.store(M_out + out, minimum, mask=row_ok)
         tl.store(AM_out + out, where, mask=row_ok)
         tl.store(LSE_out + out, top + tl.log(total), mask=row_ok)
-        tl.store(Q_out + out, weighted / total, mask=row_ok)
 
     @triton.jit
     def _column_max(X, Y, XN, YN, M, LSE, BEST_out, ROW_out, Nx, N, C,
@@ -182,9 +233,9 @@ if triton is not None:
         for m0 in range(0, Nx, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             row_ok = rows < Nx
-            cx, _ = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows, cols,
-                                     row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc,
-                                     inv_h, eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+            cx, _, _ = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows, cols,
+                                        row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc,
+                                        inv_h, eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
             cx = tl.where(row_ok[:, None], cx, -1.0)
             tile_best = tl.max(cx, axis=0)
             tile_row = tl.argmax(cx, axis=0).to(tl.int32) + m0
@@ -195,38 +246,42 @@ if triton is not None:
         tl.store(ROW_out + b * N + cols, best_row, mask=col_ok)
 
     @triton.jit
-    def _grad_x(X, Y, XN, YN, M, LSE, COEF, GX_out, PSUM_out, Nx, N, C,
+    def _grad_x(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, GX_out, PSUM_out, PD_out, Nx, N, C,
                 sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                 IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
-        """(P @ Y)[rows, channel block] and the row sums of P, P_ik = CX_ik * coef_i * mask."""
+        """(P @ Y)[rows, channel block], and the row sums of P and of P * d, with P = dL/dd
+        (_tile_grad_distance). sum_k P_ik d_ik is the gradient through the row minimum (times
+        -den_i), summed entry by entry: at a match its terms are 0, where t_i - r_i q_i of
+        per-row sums would leave rounding divided by den_i."""
         pid, pc, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < Nx
         out_ch = pc * BLOCK_CO + tl.arange(0, BLOCK_CO)
         out_ok = out_ch < C
-        coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
         acc = tl.zeros((BLOCK_M, BLOCK_CO), tl.float32)
         psum = tl.zeros((BLOCK_M,), tl.float32)
+        pd = tl.zeros((BLOCK_M,), tl.float32)
         for n0 in range(0, N, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < N
-            cx, unclamped = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows,
-                                             cols, row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb,
-                                             syn, syc, inv_h, eps, IS_L2, BLOCK_M,
-                                             BLOCK_N, BLOCK_C)
-            p = tl.where(col_ok[None, :] & unclamped, cx * coef[:, None], 0.0)
+            p, d = _tile_grad_distance(X, Y, XN + b * Nx, YN + b * N, M, LSE, R, BEST, BROW, G,
+                                       b, rows, cols, row_ok, col_ok, Nx, N, C, sxb, sxn, sxc,
+                                       syb, syn, syc, inv_h, eps, IS_L2, BLOCK_M, BLOCK_N,
+                                       BLOCK_C)
             y = tl.load(Y + b * syb + cols[:, None] * syn + out_ch[None, :] * syc,
                         mask=col_ok[:, None] & out_ok[None, :], other=0.0)
             acc += tl.dot(p, y, input_precision="ieee")
             psum += tl.sum(p, axis=1)
+            pd += tl.sum(p * d, axis=1)
         tl.store(GX_out + b * Nx * C + rows[:, None] * C + out_ch[None, :], acc,
                  mask=row_ok[:, None] & out_ok[None, :])
         if pc == 0:
             tl.store(PSUM_out + b * Nx + rows, psum, mask=row_ok)
+            tl.store(PD_out + b * Nx + rows, pd, mask=row_ok)
 
     @triton.jit
-    def _grad_y(X, Y, XN, YN, M, LSE, COEF, GY_out, PSUM_out, Nx, N, C,
+    def _grad_y(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, GY_out, PSUM_out, Nx, N, C,
                 sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                 IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
@@ -241,12 +296,10 @@ if triton is not None:
         for m0 in range(0, Nx, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             row_ok = rows < Nx
-            cx, unclamped = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows,
-                                             cols, row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb,
-                                             syn, syc, inv_h, eps, IS_L2, BLOCK_M,
-                                             BLOCK_N, BLOCK_C)
-            coef = tl.load(COEF + b * Nx + rows, mask=row_ok, other=0.0)
-            p = tl.where(row_ok[:, None] & unclamped, cx * coef[:, None], 0.0)
+            p, _ = _tile_grad_distance(X, Y, XN + b * Nx, YN + b * N, M, LSE, R, BEST, BROW, G,
+                                       b, rows, cols, row_ok, col_ok, Nx, N, C, sxb, sxn, sxc,
+                                       syb, syn, syc, inv_h, eps, IS_L2, BLOCK_M, BLOCK_N,
+                                       BLOCK_C)
             x = tl.load(X + b * sxb + rows[:, None] * sxn + out_ch[None, :] * sxc,
                         mask=row_ok[:, None] & out_ok[None, :], other=0.0)
             acc += tl.dot(tl.trans(p), x, input_precision="ieee")
@@ -268,7 +321,8 @@ _GRADIENT_KERNELS = ("_grad_x", "_grad_y")
 
 _BLOCK_M = 64  # rows i of a tile
 _BLOCK_N = 64  # columns j of a tile
-_BLOCK_C = 32  # channels per step of a tile's distance product
+_BLOCK_C = 32  # channels per step of a tile's distance product,
+_BLOCK_C_FEW = 16  # or 16 for at most 16 channels (tl.dot's least; at C = 1, 32 spills)
 _BLOCK_CO_MIN = 16  # output channels per program of the gradient kernels: the channel count
 _BLOCK_CO_MAX = 64  # rounded up to a power of two, within these bounds
 
@@ -306,7 +360,8 @@ def launch_config(kernel: str, channels: int, distance: str) -> dict:
         raise ValueError(f"distance must be one of {FUSED_DISTANCES}, got {distance!r}")
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
-    config = dict(IS_L2=distance == "l2", BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C)
+    config = dict(IS_L2=distance == "l2", BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+                  BLOCK_C=_BLOCK_C if channels > _BLOCK_C_FEW else _BLOCK_C_FEW)
     if kernel in _GRADIENT_KERNELS:
         config["BLOCK_CO"] = min(_BLOCK_CO_MAX, max(_BLOCK_CO_MIN, _next_power_of_2(channels)))
     config.update(_OPTIONS[kernel])
@@ -376,15 +431,6 @@ def _launch_args(x: torch.Tensor, y: torch.Tensor, distance: str):
     return is_l2, xn, yn, strides
 
 
-def _pair_distance(distance: str, x_rows: torch.Tensor, y_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d and its not-clamped mask for matched pairs of points (..., C), as the kernels compute."""
-    if distance == "cosine":
-        d = 1.0 - (x_rows * y_rows).sum(-1)
-        return d, torch.ones_like(d, dtype=torch.bool)
-    raw = x_rows.square().sum(-1) + y_rows.square().sum(-1) - 2.0 * (x_rows * y_rows).sum(-1)
-    return raw.clamp_min(0.0), raw >= 0
-
-
 def _on_device_of(tensor: torch.Tensor):
     """Triton launches on the *current* CUDA device: make it the tensors' for the launch, so that
     features on cuda:1 are not read as if they were on cuda:0."""
@@ -402,111 +448,87 @@ class _FusedSimilarity(torch.autograd.Function):
         m = torch.empty(batch, num_x, device=x.device, dtype=torch.float32)
         am = torch.empty(batch, num_x, device=x.device, dtype=torch.int32)
         lse = torch.empty_like(m)
-        q = torch.empty_like(m)
         common = (num_x, num_y, channels, *strides, 1.0 / band_width, eps)
         best = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
         best_row = torch.empty(batch, num_y, device=x.device, dtype=torch.int32)
         with _on_device_of(x):
             config = launch_config("_row_stats", channels, distance)
             grid = (triton.cdiv(num_x, config["BLOCK_M"]), batch)
-            _row_stats[grid](x, y, xn, yn, m, am, lse, q, *common, **config)
+            _row_stats[grid](x, y, xn, yn, m, am, lse, *common, **config)
             config = launch_config("_column_max", channels, distance)
             grid = (triton.cdiv(num_y, config["BLOCK_N"]), batch)
             _column_max[grid](x, y, xn, yn, m, lse, best, best_row, *common, **config)
-        ctx.save_for_backward(x, y, m, am.long(), lse, q, best, best_row.long())
+        ctx.save_for_backward(x, y, m, am.long(), lse, best, best_row)
         ctx.settings = (distance, band_width, eps)
         return best.mean(dim=-1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_score):
-        x, y, m, am, lse, q, best, best_row = ctx.saved_tensors
+        x, y, m, am, lse, best, best_row_32 = ctx.saved_tensors
+        best_row = best_row_32.long()
         distance, band_width, eps = ctx.settings
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         h = band_width
         den = m.clamp_min(0.0) + eps
-        g = (grad_score.float() / num_y).unsqueeze(-1).expand(-1, num_y)  # d score / d best_j
+        g_sample = (grad_score.float() / num_y).contiguous()  # d score / d best_j, every column j
+        g = g_sample.unsqueeze(-1).expand(-1, num_y)
 
-        # r_i = sum over the columns j whose best row is i of g_j CX_ij.
+        # r_i = sum over the columns j whose best row is i of g_j CX_ij. The kernels form dL/dd
+        # through the softmax and the max from it (_tile_grad_distance).
         r = torch.zeros_like(m).scatter_add_(1, best_row, g * best)
-        coef = (r / (h * den)).contiguous()  # dense part of dL/dd: CX_ik * coef_i
-        # Sparse part 1, the max: dL/dd at (best_row_j, j) gets -CX g_j / (h den).
-        x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
-        _, ok_best = _pair_distance(distance, x_best, y)
-        den_best = den.gather(1, best_row)
-        col_value = -best * g / (h * den_best) * ok_best
-        # Sparse part 2, the row minimum: dL/dm_i routed to (i, argmin_i).
-        # t_i = sum_j g_j CX_ij d_ij over the same columns, divided by den: d_ij / den is read
-        # back from the kernels' own CX_ij = exp((1 - d_ij / den) / h - lse_i), not recomputed,
-        # since a recomputed d_ij rounds differently and den may be as small as eps.
-        lse_best = lse.gather(1, best_row)
-        relative_best = 1.0 - h * (torch.log(best) + lse_best)
-        t_over_den = torch.zeros_like(m).scatter_add_(
-            1, best_row, torch.where(best > 0, g * best * relative_best, torch.zeros_like(best)))
-        # (t - r q) / (h den^2), as (t / den - r q / den) / (h den): den^2 may underflow.
-        grad_den = (t_over_den - r * (q / den)) / (h * den)
-        y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
-        _, ok_min = _pair_distance(distance, x, y_min)
-        row_value = torch.where((m >= 0) & ok_min, grad_den, 0.0)
-
         need_x, need_y = ctx.needs_input_grad[:2]
         is_l2, xn, yn, strides = _launch_args(x, y, distance)
         common = (num_x, num_y, channels, *strides, 1.0 / h, eps)
+        saved = (m, lse, r, best, best_row_32, g_sample)
+
+        # _grad_x also sums P_ik d_ik per row, which the gradient through the row minimum needs
+        # for either input: without x's gradient, one channel block of it runs, for that sum.
+        py = torch.empty(batch, num_x, channels, device=x.device, dtype=torch.float32)
+        psum = torch.empty_like(m)
+        pd = torch.empty_like(m)
+        config = launch_config("_grad_x", channels, distance)
+        channel_blocks = triton.cdiv(channels, config["BLOCK_CO"]) if need_x else 1
+        grid = (triton.cdiv(num_x, config["BLOCK_M"]), channel_blocks, batch)
+        with _on_device_of(x):
+            _grad_x[grid](x, y, xn, yn, *saved, py, psum, pd, *common, **config)
+        # The row minimum: dL/dm_i = sum_k dL/dlogit_ik d_ik / (h den_i^2) = -sum_k P_ik d_ik
+        # / den_i, routed to (i, argmin_i); none where m_i < 0 (1 - cos rounded below 0, or
+        # l2's expansion was clamped there, see _row_stats).
+        row_value = torch.where(m >= 0, -pd / den, 0.0)
+
         grad_x = grad_y = None
         if need_x:
-            py = torch.empty(batch, num_x, channels, device=x.device, dtype=torch.float32)
-            psum = torch.empty_like(m)
-            config = launch_config("_grad_x", channels, distance)
-            grid = (triton.cdiv(num_x, config["BLOCK_M"]), triton.cdiv(channels, config["BLOCK_CO"]), batch)
-            with _on_device_of(x):
-                _grad_x[grid](x, y, xn, yn, m, lse, coef, py, psum, *common, **config)
             # Dense: cosine -P@Y; l2 2(rowsum(P) x - P@Y).
             grad_x = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
-            grad_x = grad_x + _sparse_to_x(is_l2, x, y, best_row, col_value, am, row_value)
+            grad_x = grad_x + _row_minimum_to_x(is_l2, x, y, am, row_value)
         if need_y:
             px = torch.empty(batch, num_y, channels, device=x.device, dtype=torch.float32)
             psum = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
             config = launch_config("_grad_y", channels, distance)
             grid = (triton.cdiv(num_y, config["BLOCK_N"]), triton.cdiv(channels, config["BLOCK_CO"]), batch)
             with _on_device_of(x):
-                _grad_y[grid](x, y, xn, yn, m, lse, coef, px, psum, *common, **config)
+                _grad_y[grid](x, y, xn, yn, *saved, px, psum, *common, **config)
             grad_y = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
-            grad_y = grad_y + _sparse_to_y(is_l2, x, y, best_row, col_value, am, row_value)
+            grad_y = grad_y + _row_minimum_to_y(is_l2, x, y, am, row_value)
         return grad_x, grad_y, None, None, None
 
 
-def _sparse_to_x(is_l2, x, y, best_row, col_value, am, row_value):
-    """dL/dx from the two sparse parts of dL/dd: entries (best_row_j, j) and (i, argmin_i)."""
-    channels = x.shape[-1]
-    out = torch.zeros_like(x)
-    x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
-    y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
+def _row_minimum_to_x(is_l2, x, y, am, row_value):
+    """dL/dx from dL/dd at the row minima, (i, argmin_i)."""
+    y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     if is_l2:
-        out.scatter_add_(1, best_row.unsqueeze(-1).expand(-1, -1, channels),
-                         2.0 * col_value.unsqueeze(-1) * (x_best - y))
-        out += 2.0 * row_value.unsqueeze(-1) * (x - y_min)
-    else:
-        out.scatter_add_(1, best_row.unsqueeze(-1).expand(-1, -1, channels),
-                         -col_value.unsqueeze(-1) * y)
-        out += -row_value.unsqueeze(-1) * y_min
-    return out
+        return 2.0 * row_value.unsqueeze(-1) * (x - y_min)
+    return -row_value.unsqueeze(-1) * y_min
 
 
-def _sparse_to_y(is_l2, x, y, best_row, col_value, am, row_value):
-    """dL/dy from the two sparse parts of dL/dd."""
-    channels = x.shape[-1]
-    out = torch.zeros_like(y)
-    x_best = x.gather(1, best_row.unsqueeze(-1).expand(-1, -1, channels))
-    y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, channels))
-    index = am.unsqueeze(-1).expand(-1, -1, channels)
-    if is_l2:
-        out += 2.0 * col_value.unsqueeze(-1) * (y - x_best)
-        out.scatter_add_(1, index, 2.0 * row_value.unsqueeze(-1) * (y_min - x))
-    else:
-        out += -col_value.unsqueeze(-1) * x_best
-        out.scatter_add_(1, index, -row_value.unsqueeze(-1) * x)
-    return out
+def _row_minimum_to_y(is_l2, x, y, am, row_value):
+    """dL/dy from dL/dd at the row minima, (i, argmin_i)."""
+    index = am.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    y_min = y.gather(1, index)
+    push = 2.0 * row_value.unsqueeze(-1) * (y_min - x) if is_l2 else -row_value.unsqueeze(-1) * x
+    return torch.zeros_like(y).scatter_add_(1, index, push)
 
 
 #: The kernels index memory with 32-bit offsets (b * B_stride + i * N_stride + c): a point set

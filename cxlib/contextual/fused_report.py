@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_TARGETS", "compile_report", "format_report", "ptxas_path"]
 #: Compute capabilities checked by default: A100 (sm_80) and H100 (sm_90a).
 DEFAULT_TARGETS = (80, 90)
 #: Pointer arguments to int32 data (the other pointers are to float32).
-_INT32_POINTERS = ("AM_out", "ROW_out")
+_INT32_POINTERS = ("AM_out", "ROW_out", "BROW")
 #: float32 scalar arguments.
 _FLOAT_ARGS = ("inv_h", "eps")
 #: ASTSource's ``constexprs`` argument, which this module builds, came with Triton 3.3.

@@ -68,23 +68,67 @@ def positions(height: int, width: int) -> np.ndarray:
 
 def bilateral_similarity_of_points(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray,
                                    weight_sp: float, band_width: float = 0.5, eps: float = 1e-5,
-                                   distance: str = "cosine") -> float:
-    """CoBi's CX for one sample: points x (Nx, C), y (N, C) at coordinates px (Nx, 2), py (N, 2)."""
+                                   distance: str = "cosine", eps_sp: float | None = None) -> float:
+    """CoBi's CX for one sample: points x (Nx, C), y (N, C) at coordinates px (Nx, 2), py (N, 2);
+    the spatial term's eps is ``eps_sp`` (``None``: ``eps``)."""
     feat = contextual_intermediates(x, y, band_width, eps, distance)["similarity"]
-    spatial = contextual_intermediates(px, py, band_width, eps, "l2")["similarity"]
+    spatial = contextual_intermediates(px, py, band_width, eps if eps_sp is None else eps_sp,
+                                       "l2")["similarity"]
     mixed = (1 - weight_sp) * feat + weight_sp * spatial
     return mixed.max(axis=0).mean()
 
 
 def bilateral_similarity(x: np.ndarray, y: np.ndarray, weight_sp: float, band_width: float = 0.5,
-                         eps: float = 1e-5, distance: str = "cosine") -> np.ndarray:
+                         eps: float = 1e-5, distance: str = "cosine",
+                         eps_sp: float | None = None) -> np.ndarray:
     """CoBi's CX per sample: mix of feature and coordinate CX_ij before the max over i."""
     xs, ys = point_sets(np.asarray(x, np.float64)), point_sets(np.asarray(y, np.float64))
     px, py = positions(*x.shape[2:]), positions(*y.shape[2:])
     return np.array([
-        bilateral_similarity_of_points(xb, yb, px, py, weight_sp, band_width, eps, distance)
+        bilateral_similarity_of_points(xb, yb, px, py, weight_sp, band_width, eps, distance, eps_sp)
         for xb, yb in zip(xs, ys)
     ])
+
+
+def zoom_to_learn_cobi(generated: np.ndarray, target: np.ndarray, w_spatial: float = 0.1,
+                       sigma: float = 0.5) -> float:
+    """CoBi as the Zoom-to-Learn code computes it (``CX/CSFlow.py``, ``CX_loss`` with
+    ``Distance.DotProduct``), transcribed step by step for one pair of (C, H, W) maps of one size.
+
+    Features: centred by the target's mean, unit length per position, distance (1 - cos) / 2.
+    Positions: one grid of (row / H, col / W) for both maps, squared Euclidean distance. Both:
+    d / (min over the target positions + 1e-3), exp((1 - d~) / sigma), normalised over the
+    target positions; mixed (1 - w) CS + w CS_sp; max over the generated positions, mean, -log.
+    The code's grid is built with meshgrid's (x, y) order, which for a square map is the transpose
+    of the features' layout on both sides alike (so it changes nothing); square maps only here.
+    """
+    g = np.asarray(generated, np.float64)
+    t = np.asarray(target, np.float64)
+    channels, height, width = t.shape
+    if g.shape != t.shape or height != width:
+        raise ValueError("the transcription covers square maps of one size")
+
+    def similarity(raw):  # raw: (generated positions, target positions)
+        relative = raw / (raw.min(axis=1, keepdims=True) + 1e-3)
+        weights = np.exp((1.0 - relative) / sigma)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    mean_t = t.reshape(channels, -1).mean(axis=1)
+    gi = (g.reshape(channels, -1).T - mean_t)
+    ti = (t.reshape(channels, -1).T - mean_t)
+    gi /= np.linalg.norm(gi, axis=1, keepdims=True)
+    ti /= np.linalg.norm(ti, axis=1, keepdims=True)
+    cs = similarity(-(gi @ ti.T - 1.0) / 2.0)
+
+    rows, cols = np.arange(height) / height, np.arange(width) / width
+    first, second = np.meshgrid(rows, cols)  # numpy's default "xy" order, as tf.meshgrid's
+    grid = np.stack([first, second], axis=2).reshape(-1, 2)
+    sq = (grid * grid).sum(axis=1)
+    spatial_raw = np.maximum(0.0, sq[:, None] - 2.0 * grid @ grid.T + sq[None, :])
+    cs_sp = similarity(spatial_raw)
+
+    comb = cs * (1.0 - w_spatial) + cs_sp * w_spatial
+    return float(-np.log(comb.max(axis=0).mean()))
 
 
 def contextual_loss(x, y, band_width: float = 0.5, eps: float = 1e-5,

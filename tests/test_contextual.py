@@ -438,7 +438,8 @@ def test_module_positions_follow_its_own_generator(module_class):
             want.append(torch.tensor(ref.contextual_loss(xs, ys), dtype=torch.float64))
         else:
             grid = ref.positions(4, 5)[keep.numpy()]
-            sim = [ref.bilateral_similarity_of_points(xb.T, yb.T, grid, grid, 0.1)
+            sim = [ref.bilateral_similarity_of_points(xb.T, yb.T, grid, grid, 0.1, 0.5, 2e-3,
+                                                     "cosine", 1e-3)
                    for xb, yb in zip(xs[..., 0].numpy(), ys[..., 0].numpy())]
             want.append(torch.tensor(-np.log(sim).mean(), dtype=torch.float64))
     torch.testing.assert_close(first, want[0], rtol=1e-10, atol=0)

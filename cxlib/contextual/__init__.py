@@ -12,7 +12,8 @@
   :data:`cxlib.contextual.paths.AUTO_USES_FUSED`.
 """
 
-from .bilateral import ContextualBilateralLoss, contextual_bilateral_loss, position_grid
+from .bilateral import (ContextualBilateralLoss, contextual_bilateral_loss, position_grid,
+                        spatial_similarity)
 from .distances import DISTANCES
 from .loss import ContextualLoss, contextual_loss, contextual_similarity
 from .matrices import ContextualMatrices, contextual_matrices
@@ -29,4 +30,5 @@ __all__ = [
     "contextual_matrices",
     "contextual_similarity",
     "position_grid",
+    "spatial_similarity",
 ]

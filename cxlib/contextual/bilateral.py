@@ -9,34 +9,57 @@ CoBi mixes the contextual similarity of the features with that of the pixel coor
     \mathcal{L}_{CoBi} = -\log \frac{1}{N}\sum_j \max_i \mathrm{CX}^{bi}_{ij},
 
 where :math:`\mathrm{CX}^{sp}` is the contextual similarity (Eqs. 2-4) of the positions' coordinates,
-normalised to [0, 1] in each map, under the squared Euclidean distance. The mix is taken before
-the max over i, as in the public implementations, and computed with the same full or blocked
-paths as :func:`cxlib.contextual_loss`.
+normalised to [0, 1] in each map, under the squared Euclidean distance. This is the form of the
+public Zoom-to-Learn code (``ceciliavision/zoom-learn-zoom``, ``CX/CSFlow.py``), which the paper
+writes more loosely as a hard nearest neighbour, a mean over the target positions of the minimum
+over the generated ones of :math:`D + w_s D'` (feature distance plus weighted spatial distance).
+The mix is taken before the max over i, and computed with the same full or blocked paths as
+:func:`cxlib.contextual_loss`.
 
-When the two maps share a grid, position j of the target is at distance 0 from position j of the
-generated map, so :math:`\mathrm{CX}^{sp}_{jj} \approx 1` and every column's maximum is at least
-about :math:`w_{sp}`: the loss never exceeds about :math:`-\log w_{sp}`. With the default eps,
-:math:`\mathrm{CX}^{sp}` on a shared grid is the identity to float precision: the term rewards the
-same position only, not a nearby one (between grids of different sizes it prefers the nearest
-positions). A large :math:`w_{sp}`
-therefore drowns the features; the published setting is :math:`w_{sp} = 0.1`.
+The defaults are the published code's. Its Eq. 2 adds 1e-3 to the row minimum, for the features
+and for the positions alike, and its feature distance is (1 - cos) / 2: with cxlib's 1 - cos that
+is eps = 2e-3 (:data:`PUBLISHED_EPS`), and :data:`SPATIAL_EPS` = 1e-3 for the squared distances
+of the coordinates. With that eps the spatial term is a soft locality prior: on a shared grid of
+side s, two neighbouring positions are (1/s)^2 apart, so :math:`\mathrm{CX}^{sp}` spreads each
+position's similarity over the positions within about :math:`s\sqrt{\epsilon_{sp}}` grid steps,
+more of them the finer the grid. (With a tiny eps such as the contextual loss's 1e-5 it would
+be the identity on a shared grid: the same position only.) Every column's maximum is at least
+:math:`w_{sp}\,\mathrm{CX}^{sp}_{jj}`, so the loss never exceeds
+:math:`-\log(w_{sp} \min_j \mathrm{CX}^{sp}_{jj})`, about :math:`-\log w_{sp}` on a coarse grid.
+A large :math:`w_{sp}` therefore drowns the features; the published setting is
+:math:`w_{sp} = 0.1`, h = 0.5.
 """
-
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_generator, check_nonnegative
+from .._checks import (check_choice, check_generator, check_nonnegative, check_positive,
+                       check_positive_int)
 from .._reduction import REDUCTIONS, reduce_batch
-from .distances import prepare_points
-from .full import Term
+from .distances import pairwise_distance, prepare_points
+from .full import Term, similarity_matrix
 from .paths import score_terms
 from .loss import _result_dtype
 from .sampling import outside_autocast, sampled_point_sets
-from .settings import Settings, check_settings
+from .settings import Settings, check_eps, check_settings
 
-__all__ = ["ContextualBilateralLoss", "contextual_bilateral_loss", "position_grid"]
+__all__ = [
+    "PUBLISHED_EPS",
+    "SPATIAL_EPS",
+    "ContextualBilateralLoss",
+    "contextual_bilateral_loss",
+    "position_grid",
+    "spatial_similarity",
+]
+
+#: The feature term's eps of Eq. 2 in the Zoom-to-Learn code, per distance: 1e-3 against its
+#: (1 - cos) / 2, which is 2e-3 against cxlib's 1 - cos; 1e-3 against the l2 and l1 distances.
+PUBLISHED_EPS = {"cosine": 2e-3, "l2": 1e-3, "l1": 1e-3}
+
+#: The spatial term's eps of Eq. 2 in the Zoom-to-Learn code (squared distances of coordinates
+#: in [0, 1]).
+SPATIAL_EPS = 1e-3
 
 
 def position_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32,
@@ -68,6 +91,46 @@ def position_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32
     return grid.reshape(-1, 2)
 
 
+def spatial_similarity(height: int, width: int, *, band_width: float = 0.5,
+                       eps_sp: float = SPATIAL_EPS, dtype: torch.dtype = torch.float32,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    r"""CoBi's spatial term on a shared grid: :math:`\mathrm{CX}^{sp}_{ij}` of Eqs. 2-4 between
+    the positions of an (height, width) map and themselves.
+
+    Its diagonal says how much of each position's similarity stays at the same position: about 1
+    when neighbouring positions are far apart in units of ``eps_sp`` (a coarse grid), less on a
+    finer grid, where the term spreads over a neighbourhood. The CoBi loss on that grid is at most
+    :math:`-\log(w_{sp} \min_j \mathrm{CX}^{sp}_{jj})`.
+
+    Args:
+        height: rows of the map.
+        width: columns of the map.
+        band_width: h > 0 of Eq. 3.
+        eps_sp: epsilon >= 1e-12 of Eq. 2 for the positions.
+        dtype: of the result.
+        device: of the result.
+
+    Shape:
+        - Output: (H * W, H * W), rows and columns in row-major order; each row sums to 1.
+
+    Returns:
+        The spatial contextual similarity.
+
+    Example:
+        >>> import cxlib
+        >>> from cxlib.contextual.bilateral import spatial_similarity
+        >>> coarse, fine = spatial_similarity(6, 6), spatial_similarity(64, 64)
+        >>> bool(coarse.diagonal().min() > 0.99), bool(fine.diagonal().max() < 0.5)
+        (True, True)
+    """
+    band_width = check_positive("band_width", band_width)
+    eps_sp = check_eps("eps_sp", eps_sp)
+    grid = position_grid(check_positive_int("height", height), check_positive_int("width", width),
+                         dtype=dtype, device=device)
+    points = grid.unsqueeze(0)
+    return similarity_matrix(pairwise_distance("l2", points, points), band_width, eps_sp)[0]
+
+
 def _check_weight_sp(weight_sp: object) -> float:
     value = check_nonnegative("weight_sp", weight_sp)
     if value > 1:
@@ -75,8 +138,15 @@ def _check_weight_sp(weight_sp: object) -> float:
     return value
 
 
-def _bilateral_similarity(x: torch.Tensor, y: torch.Tensor, weight_sp: float, settings: Settings,
-                          generator: torch.Generator | None) -> torch.Tensor:
+def _feature_eps(eps: float | None, distance: object) -> object:
+    """``eps``, or the published one for ``distance`` (an unknown distance is refused later)."""
+    if eps is None and isinstance(distance, str):
+        return PUBLISHED_EPS.get(distance, SPATIAL_EPS)
+    return eps
+
+
+def _bilateral_similarity(x: torch.Tensor, y: torch.Tensor, weight_sp: float, eps_sp: float,
+                          settings: Settings, generator: torch.Generator | None) -> torch.Tensor:
     with outside_autocast(x):
         x_points, y_points, x_index, y_index = sampled_point_sets(x, y, settings, generator)
         x_points, y_points = prepare_points(settings.distance, x_points, y_points, settings.centring)
@@ -90,7 +160,7 @@ def _bilateral_similarity(x: torch.Tensor, y: torch.Tensor, weight_sp: float, se
         x_grid, y_grid = (g.unsqueeze(0).expand(batch, -1, -1) for g in (x_grid, y_grid))
         terms = [Term(x_points, y_points, settings.distance, 1.0 - weight_sp)]
         if weight_sp > 0:
-            terms.append(Term(x_grid, y_grid, "l2", weight_sp))
+            terms.append(Term(x_grid, y_grid, "l2", weight_sp, eps=eps_sp))
         return score_terms(terms, settings)
 
 
@@ -100,7 +170,8 @@ def contextual_bilateral_loss(
     *,
     weight_sp: float = 0.1,
     band_width: float = 0.5,
-    eps: float = 1e-5,
+    eps: float | None = None,
+    eps_sp: float = SPATIAL_EPS,
     distance: str = "cosine",
     reduction: str = "mean",
     implementation: str = "auto",
@@ -112,7 +183,9 @@ def contextual_bilateral_loss(
 ) -> torch.Tensor:
     """Contextual bilateral loss (CoBi): the contextual loss with a spatial term mixed in.
 
-    With ``weight_sp=0`` it equals :func:`cxlib.contextual_loss`. The paper on CoBi uses
+    With ``weight_sp=0`` and the same ``eps`` it equals :func:`cxlib.contextual_loss`. The
+    defaults are those of the published Zoom-to-Learn code (see :mod:`cxlib.contextual.bilateral`:
+    eps 2e-3 for the cosine distance, 1e-3 for the positions). The paper on CoBi uses
     ``weight_sp=0.1``, h = 0.5, on VGG19 conv1_2, conv2_2 and conv3_2 (weights 1, 1, 0.5) plus
     an RGB term on 5x5 patches (:class:`cxlib.PatchFeatures`), which avoids the ripple artefacts of
     the VGG terms alone.
@@ -122,7 +195,10 @@ def contextual_bilateral_loss(
         y: features of the target image.
         weight_sp: weight in [0, 1] of the spatial term.
         band_width: h > 0 of Eq. 3, for both terms.
-        eps: epsilon >= 1e-12 of Eq. 2, for both terms.
+        eps: epsilon >= 1e-12 of Eq. 2 for the feature term; ``None``: the published one for
+            ``distance`` (:data:`PUBLISHED_EPS`: 2e-3 for cosine, 1e-3 for l2 and l1).
+        eps_sp: epsilon >= 1e-12 of Eq. 2 for the spatial term (:data:`SPATIAL_EPS` = 1e-3, the
+            published one; 1e-5 makes it the identity on a shared grid).
         distance: distance between features: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"``.
         implementation: ``"auto"``, ``"full"`` or ``"blocked"`` (see :func:`cxlib.contextual_loss`).
@@ -146,12 +222,13 @@ def contextual_bilateral_loss(
         >>> float(cxlib.contextual_bilateral_loss(y, y)) < 1e-4
         True
     """
-    settings = check_settings(band_width, eps, distance, implementation, block_size,
-                              sample_positions, check_finite, centring)
+    settings = check_settings(band_width, _feature_eps(eps, distance), distance, implementation,
+                              block_size, sample_positions, check_finite, centring)
+    eps_sp = check_eps("eps_sp", eps_sp)
     weight_sp = _check_weight_sp(weight_sp)
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     generator = check_generator("generator", generator)
-    similarity = _bilateral_similarity(x, y, weight_sp, settings, generator)
+    similarity = _bilateral_similarity(x, y, weight_sp, eps_sp, settings, generator)
     return reduce_batch(-torch.log(similarity), reduction).to(_result_dtype(x))
 
 
@@ -161,7 +238,8 @@ class ContextualBilateralLoss(nn.Module):
     Args:
         weight_sp: weight in [0, 1] of the spatial term.
         band_width: h > 0 of Eq. 3.
-        eps: epsilon >= 1e-12 of Eq. 2.
+        eps: epsilon >= 1e-12 of Eq. 2 for the features; ``None``: the published one.
+        eps_sp: epsilon >= 1e-12 of Eq. 2 for the positions.
         distance: ``"cosine"``, ``"l2"`` or ``"l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         implementation: ``"auto"``, ``"full"`` or ``"blocked"``.
@@ -184,14 +262,17 @@ class ContextualBilateralLoss(nn.Module):
         True
     """
 
-    def __init__(self, *, weight_sp: float = 0.1, band_width: float = 0.5, eps: float = 1e-5,
-                 distance: str = "cosine", reduction: str = "mean", implementation: str = "auto",
+    def __init__(self, *, weight_sp: float = 0.1, band_width: float = 0.5,
+                 eps: float | None = None, eps_sp: float = SPATIAL_EPS, distance: str = "cosine",
+                 reduction: str = "mean", implementation: str = "auto",
                  block_size: int | None = None, sample_positions: int | None = None,
                  generator: torch.Generator | None = None, check_finite: bool = True,
                  centring: str = "sample") -> None:
         super().__init__()
-        settings = check_settings(band_width, eps, distance, implementation, block_size,
-                                  sample_positions, check_finite, centring)
+        settings = check_settings(band_width, _feature_eps(eps, distance), distance,
+                                  implementation, block_size, sample_positions, check_finite,
+                                  centring)
+        self.eps_sp = check_eps("eps_sp", eps_sp)
         self.weight_sp = _check_weight_sp(weight_sp)
         self.band_width, self.eps, self.distance = settings.band_width, settings.eps, settings.distance
         self.implementation, self.block_size = settings.implementation, settings.block_size
@@ -204,11 +285,12 @@ class ContextualBilateralLoss(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return contextual_bilateral_loss(
             x, y, weight_sp=self.weight_sp, band_width=self.band_width, eps=self.eps,
-            distance=self.distance, reduction=self.reduction, implementation=self.implementation,
+            eps_sp=self.eps_sp, distance=self.distance, reduction=self.reduction,
+            implementation=self.implementation,
             block_size=self.block_size, sample_positions=self.sample_positions,
             generator=self.generator, check_finite=self.check_finite, centring=self.centring,
         )
 
     def extra_repr(self) -> str:
-        return (f"weight_sp={self.weight_sp}, band_width={self.band_width}, "
-                f"distance={self.distance!r}, reduction={self.reduction!r}")
+        return (f"weight_sp={self.weight_sp}, band_width={self.band_width}, eps={self.eps}, "
+                f"eps_sp={self.eps_sp}, distance={self.distance!r}, reduction={self.reduction!r}")

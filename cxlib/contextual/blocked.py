@@ -95,7 +95,7 @@ def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_ro
 class _BlockedSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, settings, *points):
-        distances, weights, band_width, eps, block_size = settings
+        distances, weights, band_width, term_eps, block_size = settings
         x_first = points[0]
         batch, num_x = x_first.shape[:2]
         num_y = points[1].shape[1]
@@ -112,7 +112,7 @@ class _BlockedSimilarity(torch.autograd.Function):
         for start in range(0, num_x, block_size):
             stop = min(start + block_size, num_x)
             mixed = None
-            for t, (distance, weight) in enumerate(zip(distances, weights)):
+            for t, (distance, weight, eps) in enumerate(zip(distances, weights, term_eps)):
                 x_points, y_points = points[2 * t], points[2 * t + 1]
                 cx, minimum, argmin, lse = _term_cx(
                     x_points[:, start:stop], y_points, distance, band_width, eps
@@ -133,7 +133,7 @@ class _BlockedSimilarity(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_score):
-        distances, weights, band_width, eps, block_size = ctx.settings
+        distances, weights, band_width, term_eps, block_size = ctx.settings
         best_row, *saved = ctx.saved_tensors
         num_terms = len(distances)
         points, flat_stats = saved[: 2 * num_terms], saved[2 * num_terms :]
@@ -150,7 +150,7 @@ class _BlockedSimilarity(torch.autograd.Function):
             in_block = (local_row >= 0) & (local_row < rows)
             local_row = local_row.clamp(0, rows - 1).unsqueeze(1)
             grad_best_here = (grad_best * in_block).unsqueeze(1)
-            for t, (distance, weight) in enumerate(zip(distances, weights)):
+            for t, (distance, weight, eps) in enumerate(zip(distances, weights, term_eps)):
                 term_needs = needs[2 * t : 2 * t + 2]
                 if not any(term_needs):
                     continue
@@ -180,7 +180,7 @@ def blocked_similarity(
         terms: the comparisons whose CX_ij are mixed (see :class:`cxlib.contextual.full.Term`); all
             share the same Nx generated and N target positions.
         band_width: h of Eq. 3.
-        eps: eps of Eq. 2.
+        eps: eps of Eq. 2, for the terms that have none of their own.
         block_size: rows of the (Nx, N) matrix per block; ``None`` picks
             :func:`default_block_size`.
     """
@@ -189,8 +189,8 @@ def blocked_similarity(
         batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
         block_size = default_block_size(batch, num_x, num_y, x_points.device)
     settings = (
-        tuple(t.distance for t in terms), tuple(t.weight for t in terms), band_width, eps,
-        block_size,
+        tuple(t.distance for t in terms), tuple(t.weight for t in terms), band_width,
+        tuple(t.eps_or(eps) for t in terms), block_size,
     )
     flat = [p for t in terms for p in (t.x_points, t.y_points)]
     return _BlockedSimilarity.apply(settings, *flat)

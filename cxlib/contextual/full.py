@@ -41,12 +41,18 @@ __all__ = [
 @dataclass(frozen=True)
 class Term:
     """One comparison entering CX_ij: prepared points (B, Nx, C) and (B, N, C), a distance name
-    (see :mod:`cxlib.contextual.distances`) and the weight of its CX_ij in the mix."""
+    (see :mod:`cxlib.contextual.distances`), the weight of its CX_ij in the mix, and its own eps
+    of Eq. 2 (``None``: the call's eps; CoBi's spatial term has its own)."""
 
     x_points: torch.Tensor
     y_points: torch.Tensor
     distance: str
     weight: float = 1.0
+    eps: float | None = None
+
+    def eps_or(self, eps: float) -> float:
+        """This term's eps, or ``eps`` where it has none of its own."""
+        return eps if self.eps is None else self.eps
 
 
 def row_denominator(row_min: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,7 +86,7 @@ def full_similarity(terms: Sequence[Term], band_width: float, eps: float) -> tor
     cx = sum(
         term.weight
         * similarity_matrix(pairwise_distance(term.distance, term.x_points, term.y_points),
-                            band_width, eps)
+                            band_width, term.eps_or(eps))
         for term in terms
     )
     return cx.max(dim=-2).values.mean(dim=-1)

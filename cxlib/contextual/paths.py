@@ -98,7 +98,7 @@ def score_terms(terms: list[Term], settings: Settings) -> torch.Tensor:
 
         term = terms[0]
         score = fused_similarity(term.x_points, term.y_points, distance=term.distance,
-                                 band_width=settings.band_width, eps=settings.eps)
+                                 band_width=settings.band_width, eps=term.eps_or(settings.eps))
         return score.to(term.x_points.dtype)
     if implementation == "full":
         return full_similarity(terms, settings.band_width, settings.eps)

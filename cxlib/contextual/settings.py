@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .._checks import check_choice, check_flag, check_positive, check_positive_int
 from .distances import CENTRINGS, DISTANCES
 
-__all__ = ["IMPLEMENTATIONS", "MIN_EPS", "Settings", "check_settings"]
+__all__ = ["IMPLEMENTATIONS", "MIN_EPS", "Settings", "check_eps", "check_settings"]
 
 #: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems and
 #: ``"blocked"`` above (and ``"fused"`` on CUDA where :data:`cxlib.contextual.paths.AUTO_USES_FUSED`
@@ -66,7 +66,7 @@ def check_settings(
     """
     return Settings(
         band_width=check_positive("band_width", band_width),
-        eps=_check_eps(eps),
+        eps=check_eps("eps", eps),
         distance=check_choice("distance", distance, DISTANCES),
         implementation=check_choice("implementation", implementation, IMPLEMENTATIONS),
         block_size=check_positive_int("block_size", block_size, allow_none=True),
@@ -76,11 +76,12 @@ def check_settings(
     )
 
 
-def _check_eps(eps: object) -> float:
-    value = check_positive("eps", eps)
+def check_eps(name: str, eps: object) -> float:
+    """An eps of Eq. 2: a number >= :data:`MIN_EPS`, as float; ValueError/TypeError otherwise."""
+    value = check_positive(name, eps)
     if value < MIN_EPS:
         raise ValueError(
-            f"eps must be >= {MIN_EPS:g} (smaller values make the loss depend on the rounding of "
-            f"the distances and its gradients overflow float32), got {eps!r}"
+            f"{name} must be >= {MIN_EPS:g} (smaller values make the loss depend on the rounding "
+            f"of the distances and its gradients overflow float32), got {eps!r}"
         )
     return value

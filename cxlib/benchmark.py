@@ -298,12 +298,23 @@ def plot_measurements(record: dict):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     styles = {"full": "-o", "blocked": "-s", "fused": "-^"}
-    names = dict.fromkeys(m["implementation"] for m in record["measurements"])
+    colours = {"full": "tab:blue", "blocked": "tab:orange", "fused": "tab:green"}
+    measurements = record["measurements"]
+    # Sizes measured at another channel count are another curve, not the same line's next point.
+    channel_counts = sorted({m.get("channels") for m in measurements}, key=str)
+    names = dict.fromkeys(m["implementation"] for m in measurements)
     for name in names:
-        ok = [m for m in record["measurements"] if m["implementation"] == name and m["status"] == "ok"]
-        for ax, key in zip(axes, ("time_ms", "peak_mib")):
-            ax.plot([m["positions"] for m in ok], [m[key] for m in ok], styles.get(name, "-"), label=name)
-        failed = [m for m in record["measurements"] if m["implementation"] == name and m["status"] != "ok"]
+        for k, channels in enumerate(channel_counts):
+            ok = [m for m in measurements if m["implementation"] == name
+                  and m.get("channels") == channels and m["status"] == "ok"]
+            if not ok:
+                continue
+            label = name if len(channel_counts) == 1 else f"{name}, C = {channels}"
+            style = styles.get(name, "-") if k == 0 else styles.get(name, "-").replace("-", ":")
+            for ax, key in zip(axes, ("time_ms", "peak_mib")):
+                ax.plot([m["positions"] for m in ok], [m[key] for m in ok], style, label=label,
+                        color=colours.get(name), fillstyle="full" if k == 0 else "none")
+        failed = [m for m in measurements if m["implementation"] == name and m["status"] != "ok"]
         for m in failed:
             axes[1].annotate(m["status"], (m["positions"], axes[1].get_ylim()[1]), fontsize=8,
                              ha="center", va="top", color="tab:red")
@@ -318,7 +329,7 @@ def plot_measurements(record: dict):
         ax.set_xlabel("N, positions per feature map")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle(f"{record['device']}, C = {record['channels']}, B = {record['batch']}, "
                  f"torch {record['torch']} ({record['date']})", fontsize=10)
     fig.tight_layout()

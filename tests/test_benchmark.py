@@ -47,3 +47,34 @@ def test_command_line_measures_both_paths_in_fresh_processes(tmp_path):
     table = dict(zip(["full_ms", "full_mib", "blocked_ms", "blocked_mib"], map(float, rows[1][2:6])))
     assert table["blocked_mib"] == pytest.approx(blocked_mib, abs=0.5)
     assert rows[1][7] == f"{blocked_mib / full_mib:.2f}x"
+
+
+def test_plot_keeps_each_channel_count_on_its_own_line():
+    """The stored H200 record measured N = 65,536 at C = 64 and the rest at C = 128: no plotted
+    line may join points of two channel counts."""
+    import json
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cxlib.benchmark import plot_measurements
+
+    path = Path(__file__).resolve().parent.parent / "data/benchmarks/2026-11-27-nvidia-h200.json"
+    record = json.loads(path.read_text())
+    fig = plot_measurements(record)
+    channels_at = {}
+    for m in record["measurements"]:
+        if m["status"] == "ok":
+            channels_at[m["implementation"], m["positions"]] = m["channels"]
+    time_axis = fig.axes[0]
+    lines = {line.get_label(): list(line.get_xdata()) for line in time_axis.get_lines()}
+    assert set(lines) == {"full, C = 128", "blocked, C = 128", "fused, C = 128",
+                          "blocked, C = 64", "fused, C = 64"}
+    for label, xs in lines.items():
+        name, channels = label.split(", C = ")
+        assert {channels_at[name, n] for n in xs} == {int(channels)}
+    assert lines["fused, C = 64"] == [65536]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

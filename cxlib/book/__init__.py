@@ -7,6 +7,7 @@ the training chapters learn from offline.
 - :mod:`.metrics`: PSNR, SSIM, edge correlation, colour distance; what a face translation
   transferred and kept.
 - :mod:`.plot`: image rows and correspondence pictures (matplotlib).
+- :mod:`.table`: tables that fit the page (HTML there, aligned text elsewhere).
 - :mod:`.synthetic`: a moving photograph, drawn faces.
 
 Needs the ``book`` extra: ``pip install "cxlib[book] @ git+https://github.com/cx-book/contextual-loss-book@main"``.
@@ -25,9 +26,11 @@ from .metrics import (
 from .plot import show_animation, show_correspondence, show_images
 from .setting import book_setting, glue
 from .synthetic import synthetic_faces, synthetic_video
+from .table import Table
 
 __all__ = [
     "PHOTOGRAPHS",
+    "Table",
     "add_noise",
     "attribute_transferred",
     "book_setting",

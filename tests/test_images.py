@@ -135,8 +135,24 @@ def test_the_setting_follows_the_hardware_unless_told(monkeypatch):
     monkeypatch.setenv("CXLIB_SETTING", "Fast ")
     assert resolve_setting(cuda_available=True)[0] == "fast"
     monkeypatch.setenv("CXLIB_SETTING", "paper")
-    with pytest.raises(ValueError, match=r"CXLIB_SETTING must be one of \('fast', 'full'\) \(or unset\), got 'paper'"):
+    with pytest.raises(ValueError, match=r"CXLIB_SETTING must be one of \('fast', 'full', 'smoke'\) \(or unset\), got 'paper'"):
         book_setting(device="cpu")
+
+
+def test_the_smoke_setting_keeps_the_full_sizes_and_cuts_the_loops(monkeypatch):
+    monkeypatch.setenv("CXLIB_SETTING", "smoke")
+    smoke = book_setting(device="cpu")
+    assert smoke.name == "smoke" and smoke.smoke and not smoke.fast
+    assert smoke.choose(fast=64, full=256) == 256  # sizes: the full setting's
+    assert smoke.choose(fast=100, full=6000, smoke=3) == 3  # a loop: its few steps
+    assert smoke.choose(fast=[1], full=[1, 2, 3], smoke=[]) == []  # an explicit empty value counts
+    assert "smoke setting (the paper's sizes" in smoke.describe()
+    assert ("setting", "smoke") in smoke.provenance().items
+    monkeypatch.setenv("CXLIB_SETTING", "full")
+    full = book_setting(device="cpu")
+    assert not full.smoke and full.choose(fast=100, full=6000, smoke=3) == 6000
+    monkeypatch.setenv("CXLIB_SETTING", "fast")
+    assert book_setting(device="cpu").choose(fast=100, full=6000, smoke=3) == 100
 
 
 def test_seed_override_runs_dir_and_provenance(monkeypatch, tmp_path):

@@ -4,7 +4,10 @@ The setting follows the hardware: the paper's sizes ("full") where a CUDA GPU is
 sizes ("fast") on a CPU, where the full setting would train for hours. Environment variables
 override it:
 
-- ``CXLIB_SETTING=fast`` or ``CXLIB_SETTING=full`` chooses explicitly;
+- ``CXLIB_SETTING=fast`` or ``CXLIB_SETTING=full`` chooses explicitly; ``CXLIB_SETTING=smoke``
+  is the full setting's sizes, networks, layers and batch with every optimisation and training
+  loop cut to a few steps and every sweep to a couple of points: a check, in minutes, that a
+  chapter runs end to end at the paper's sizes (and fits in memory), not a result;
 - ``CXLIB_FAST=1`` (the older switch) means fast, ``CXLIB_FAST=0`` full;
 - ``CXLIB_SEED`` replaces every chapter's seed (to check that a chapter's claims do not depend on
   it);
@@ -13,7 +16,8 @@ override it:
   runtime does not lose its training.
 
 Every chapter starts with ``setting = cxlib.book.setting.book_setting()``, picks its sizes with
-``setting.choose(fast=..., full=...)``, and shows ``setting.provenance()``: one line that says
+``setting.choose(fast=..., full=...)`` (adding ``smoke=...`` for the number of steps of a loop
+and the points of a sweep; without it the smoke setting takes the full value), and shows ``setting.provenance()``: one line that says
 with which setting, device, VGG19 weights, cxlib version and date the page was made.
 """
 
@@ -44,7 +48,7 @@ __all__ = [
     "resolve_setting",
 ]
 
-#: The explicit switch: ``fast`` or ``full``.
+#: The explicit switch: ``fast``, ``full`` or ``smoke``.
 SETTING_ENV = "CXLIB_SETTING"
 #: The older switch: ``1`` for fast, ``0`` for full. ``CXLIB_SETTING`` wins over it.
 FAST_ENV = "CXLIB_FAST"
@@ -53,7 +57,7 @@ SEED_ENV = "CXLIB_SEED"
 #: Where the training chapters keep their run directories.
 RUNS_ENV = "CXLIB_RUNS_DIR"
 #: The settings a chapter can run at.
-SETTINGS = ("fast", "full")
+SETTINGS = ("fast", "full", "smoke")
 
 T = TypeVar("T")
 
@@ -64,13 +68,14 @@ def resolve_setting(cuda_available: bool | None = None) -> tuple[str, str]:
     """The setting to run at, and why: ``(name, reason)``.
 
     ``CXLIB_SETTING`` wins, then ``CXLIB_FAST``, then the hardware rule (full on a CUDA GPU, fast
-    on a CPU).
+    on a CPU). The smoke setting is only ever chosen explicitly.
 
     Args:
         cuda_available: whether a CUDA GPU is present; asked of torch if ``None``.
 
     Raises:
-        ValueError: ``CXLIB_SETTING`` is set to something other than ``fast`` or ``full``.
+        ValueError: ``CXLIB_SETTING`` is set to something other than ``fast``, ``full`` or
+            ``smoke``.
 
     Example:
         >>> import os
@@ -136,7 +141,7 @@ class BookSetting:
     """Which setting a chapter runs at, on which device, from which seed.
 
     Attributes:
-        name: ``"fast"`` or ``"full"``.
+        name: ``"fast"``, ``"full"`` or ``"smoke"``.
         reason: why this setting (the variable that chose it, or the hardware).
         device: where the chapter computes.
         seed: the seed Python, NumPy and torch were seeded with.
@@ -155,9 +160,27 @@ class BookSetting:
         """True at the fast setting."""
         return self.name == "fast"
 
-    def choose(self, *, fast: T, full: T) -> T:
-        """``fast`` at the fast setting, ``full`` at the full one."""
-        return fast if self.fast else full
+    @property
+    def smoke(self) -> bool:
+        """True at the smoke setting (the full sizes, a few steps per loop)."""
+        return self.name == "smoke"
+
+    def choose(self, *, fast: T, full: T, smoke: T | None = None) -> T:
+        """``fast`` at the fast setting, ``full`` at the full one; at the smoke setting
+        ``smoke`` where given (a loop's few steps, a sweep's couple of points), else ``full``.
+
+        Example:
+            >>> from cxlib.book.setting import BookSetting
+            >>> import torch
+            >>> s = BookSetting("smoke", "CXLIB_SETTING=smoke", torch.device("cpu"), 0)
+            >>> s.choose(fast=64, full=256), s.choose(fast=100, full=6000, smoke=3)
+            (256, 3)
+        """
+        if self.fast:
+            return fast
+        if self.smoke and smoke is not None:
+            return smoke
+        return full
 
     @property
     def device_label(self) -> str:
@@ -166,7 +189,12 @@ class BookSetting:
 
     def describe(self) -> str:
         """One line for the chapter's output, e.g. 'fast setting (CXLIB_SETTING=fast) on cpu, seed 0'."""
-        which = "fast setting" if self.fast else "full setting (the paper's sizes)"
+        which = {
+            "fast": "fast setting",
+            "full": "full setting (the paper's sizes)",
+            "smoke": "smoke setting (the paper's sizes, a few steps per loop: a check that the"
+                     " chapter runs, not a result)",
+        }[self.name]
         return f"{which} ({self.reason}) on {self.device_label}, seed {self.seed}"
 
     def runs_dir(self, *parts: str, key: object = None) -> Path:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CENTRINGS", "DISTANCES", "as_point_sets", "pairwise_distance", "prepare_points"]
+#: A row of the l2 expansion is recomputed in float64 when its smallest entry is less than this
+#: many times the expansion's rounding (see :func:`_squared_euclidean`): then Eq. 2's relative
+#: distances, which divide by that smallest entry, would carry a rounding error above about
+#: 1 / L2_REFINE_RATIO of their value.
+L2_REFINE_RATIO = 1e5
+
+__all__ = ["CENTRINGS", "DISTANCES", "L2_REFINE_RATIO", "as_point_sets", "pairwise_distance", "prepare_points"]
 
 #: Names accepted by the ``distance=`` argument of the losses.
 DISTANCES = ("cosine", "l2", "l1")
@@ -64,11 +70,46 @@ def pairwise_distance(distance: str, x_points: torch.Tensor, y_points: torch.Ten
     if distance == "cosine":
         return 1.0 - torch.bmm(x_points, y_points.transpose(1, 2))
     if distance == "l2":
-        x_sq = x_points.pow(2).sum(-1, keepdim=True)
-        y_sq = y_points.pow(2).sum(-1).unsqueeze(1)
-        cross = torch.bmm(x_points, y_points.transpose(1, 2))
-        # The expansion can dip below 0 by rounding when x_i == y_j.
-        return (x_sq + y_sq - 2.0 * cross).clamp_min(0.0)
+        return _squared_euclidean(x_points, y_points)
     if distance == "l1":
         return torch.cdist(x_points, y_points, p=1.0)
     raise ValueError(f"distance must be one of {', '.join(map(repr, DISTANCES))}, got {distance!r}")
+
+
+def _l2_expansion(x_points: torch.Tensor, y_points: torch.Tensor) -> torch.Tensor:
+    """|x_i|^2 + |y_j|^2 - 2 x_i . y_j, (B, Nx, C) x (B, N, C) -> (B, Nx, N), unclamped."""
+    x_sq = x_points.pow(2).sum(-1, keepdim=True)
+    y_sq = y_points.pow(2).sum(-1).unsqueeze(1)
+    return x_sq + y_sq - 2.0 * torch.bmm(x_points, y_points.transpose(1, 2))
+
+
+def _squared_euclidean(x_points: torch.Tensor, y_points: torch.Tensor) -> torch.Tensor:
+    """Squared distances by the matrix-product expansion, accurate where Eq. 2 needs it.
+
+    The expansion's rounding is about unit * (|x_i|^2 + |y_j|^2) in every entry (unit: the
+    dtype's machine epsilon), whatever the distance: near matches, where the true distance is
+    below it, come out as rounding. Eq. 2 divides each row by its smallest entry, so in a row
+    whose minimum is within ``L2_REFINE_RATIO`` times that rounding, the split between near
+    targets would be decided by it. Those rows alone are recomputed with the expansion in
+    float64 (as scikit-learn does for float32 Euclidean distances), and cast back; elsewhere the
+    float32 expansion is already as accurate as the rest of the float32 computation.
+    """
+    dist = _l2_expansion(x_points, y_points)
+    if dist.dtype == torch.float64 or dist.numel() == 0:
+        return dist.clamp_min(0.0)  # the expansion can dip below 0 by rounding when x_i == y_j
+    unit = torch.finfo(dist.dtype).eps
+    with torch.no_grad():
+        scale = x_points.pow(2).sum(-1) + y_points.pow(2).sum(-1).amax(-1, keepdim=True)
+        suspect = dist.amin(-1) <= L2_REFINE_RATIO * unit * scale  # (B, Nx)
+    if not bool(suspect.any()):
+        return dist.clamp_min(0.0)
+    batch_index, row_index = suspect.nonzero(as_tuple=True)
+    rows = []
+    for b in range(dist.shape[0]):  # one product per sample: y is not copied per row
+        picked = row_index[batch_index == b]
+        if picked.numel():
+            exact = _l2_expansion(x_points[b, picked].double().unsqueeze(0),
+                                  y_points[b].double().unsqueeze(0))[0]
+            rows.append(exact.to(dist.dtype))
+    dist = dist.index_put((batch_index, row_index), torch.cat(rows))
+    return dist.clamp_min(0.0)

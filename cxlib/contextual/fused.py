@@ -24,7 +24,12 @@ the same 64 x 64 tiles, and the l2 clamp at a row's minimum is decided in the fo
 (m_i < 0), so the forward and backward agree on it.
 
 Everything is float32 and the tile products use IEEE float32 (no TF32): Eq. 2 divides by a
-small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2"``.
+small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2"``. Unlike the
+full and blocked paths, the kernels do not recompute in float64 the l2 rows whose minimum is
+within the expansion's own rounding (:data:`cxlib.contextual.distances.L2_REFINE_RATIO`): with
+l2 on features of large norm whose nearest targets are tied to within about 1e-7 of
+|x|^2 + |y|^2, the split between those targets is decided by rounding here. The cosine distance
+has no such case (its points have norm 1).
 
 The kernels run on CUDA; with ``TRITON_INTERPRET=1`` they also run (slowly) on the CPU, which is
 how the tests check them. Their launch settings (tile sizes, warps, stages, register cap) come

@@ -31,7 +31,7 @@ class Table:
         loss  ratio
           L1   0.50
         Gram   1.25
-        >>> "<td>1.25</td>" in table._repr_html_()
+        >>> ">1.25</td>" in table._repr_html_()
         True
     """
 
@@ -65,12 +65,19 @@ class Table:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                       for row in self.rows)
-        caption = (f'<caption style="caption-side:bottom">{html.escape(self.caption)}</caption>'
-                   if self.caption else "")
-        return (f'<table class="cxlib-table">{caption}<thead><tr>{head}</tr></thead>'
+        # Inline styles: the same spacing in the built page, Jupyter and Colab, whose style
+        # sheets differ. Numbers are right-aligned, the first column (names) left.
+        cell = "padding:0.2em 0.6em;border:none;white-space:nowrap;text-align:{}"
+        def row_html(cells: list[str], tag: str) -> str:
+            return "<tr>" + "".join(
+                f'<{tag} style="{cell.format("left" if k == 0 else "right")}">'
+                f"{html.escape(c)}</{tag}>" for k, c in enumerate(cells)) + "</tr>"
+        head = row_html(self.header, "th")
+        body = "".join(row_html(row, "td") for row in self.rows)
+        caption = (f'<caption style="caption-side:bottom;font-size:0.9em;padding-top:0.3em">'
+                   f"{html.escape(self.caption)}</caption>" if self.caption else "")
+        return ('<table class="cxlib-table" style="border-collapse:collapse;margin:0.5em 0;width:auto;font-size:0.9em">'
+                f'{caption}<thead style="border-bottom:1px solid #999">{head}</thead>'
                 f"<tbody>{body}</tbody></table>")
 
 

@@ -228,3 +228,22 @@ def test_show_animation_embeds_the_gif_it_wrote(tmp_path):
     assert back.shape[0] == 3
     assert [int(np.argmax(f[0, 0, :3])) for f in back] == [0, 1, 2]  # the frames, in order
     assert 'alt="a &quot;quoted&quot; alt"' in html.data
+
+
+def test_show_images_rows_are_as_tall_as_their_images():
+    # A training sample grid is a strip four times wider than tall: its rows must not keep the
+    # square image's height (the blank bands chapter 8's grids had).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxlib.book import show_images
+
+    strip = np.zeros((64, 256, 3))
+    wide = show_images([strip] * 4, ["a", "b", "c", "d"], ncols=2, size=4.0)
+    square = show_images([torch.rand(3, 8, 8)] * 4, ["a", "b", "c", "d"], ncols=2, size=4.0)
+    assert wide.get_size_inches()[0] == square.get_size_inches()[0] == 8.0
+    assert wide.get_size_inches()[1] == pytest.approx(2 * 4.0 * 0.25 + 2 * 0.3)
+    assert square.get_size_inches()[1] == pytest.approx(2 * 4.0 + 2 * 0.3)
+    plt.close("all")

@@ -30,6 +30,16 @@ def _pyplot():
     return require("matplotlib.pyplot", extra="book", purpose="cxlib.book.plot")
 
 
+def _height_over_width(image) -> float:
+    """H / W of an image given as (1, 3, H, W), (3, H, W) or (H, W) tensor, or (H, W[, 3]) array."""
+    shape = tuple(image.shape)
+    if isinstance(image, torch.Tensor):
+        height, width = shape[-2:]
+    else:
+        height, width = shape[:2]
+    return height / max(width, 1)
+
+
 def show_images(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, *,
                 ncols: int | None = None, size: float = 2.6, suptitle: str | None = None):
     """Draw images in a row or grid, without axes.
@@ -60,7 +70,9 @@ def show_images(images: Sequence[torch.Tensor], titles: Sequence[str] | None = N
     nrows = -(-count // ncols)
     # At most 11 inches wide: wider figures are shrunk to the page and their titles with them.
     size = min(size, 11.0 / ncols)
-    height = size * nrows + (0.4 if suptitle else 0.0) + (0.3 if titles else 0.0)
+    # Rows as tall as their images (a strip of samples is wide and short): no blank bands.
+    aspect = max(_height_over_width(image) for image in images) if count else 1.0
+    height = size * aspect * nrows + (0.4 if suptitle else 0.0) + (0.3 if titles else 0.0) * nrows
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, height), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")

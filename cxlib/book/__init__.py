@@ -8,11 +8,13 @@ the training chapters learn from offline.
   transferred and kept.
 - :mod:`.plot`: image rows and correspondence pictures (matplotlib).
 - :mod:`.table`: tables that fit the page (HTML there, aligned text elsewhere).
+- :mod:`.controls`: sliders that work on the published page (figures drawn in advance).
 - :mod:`.synthetic`: a moving photograph, drawn faces.
 
 Needs the ``book`` extra: ``pip install "cxlib[book] @ git+https://github.com/cx-book/contextual-loss-book@main"``.
 """
 
+from .controls import PrecomputedControls, precomputed_controls
 from .images import PHOTOGRAPHS, add_noise, load_image, misalign, misalignment_grid
 from .metrics import (
     attribute_transferred,
@@ -30,6 +32,7 @@ from .table import Table
 
 __all__ = [
     "PHOTOGRAPHS",
+    "PrecomputedControls",
     "Table",
     "add_noise",
     "attribute_transferred",
@@ -42,6 +45,7 @@ __all__ = [
     "load_image",
     "misalign",
     "misalignment_grid",
+    "precomputed_controls",
     "psnr",
     "show_animation",
     "show_correspondence",

@@ -212,3 +212,42 @@ def _check_chapter(page, name):
     assert all(f == "ok" for f in fallbacks), f"widget cells and their static fallbacks: {fallbacks}"
     if name == "book/02_contextual_similarity":
         assert fallbacks == ["ok"], "the bandwidth sliders' static figure is missing"
+
+
+# Pages whose sliders must work without a kernel (cxlib.book.precomputed_controls).
+CONTROL_PAGES = ["book/02_contextual_similarity", "book/03_extreme_cases", "book/04_denoising",
+                 "book/10_bilateral", "book/11_in_practice"]
+PAGE_LIMIT_BYTES = 2 * 2**20
+
+
+@pytest.mark.parametrize("name", CONTROL_PAGES)
+def test_precomputed_sliders_work_on_the_page(browser, site, name):
+    """Every slider of the page's precomputed controls, moved to each end, changes the figure
+    and its caption, with no console error; screenshots of the first slider at both ends go to
+    _build/screenshots/. The page stays under 2 MB."""
+    size = (HTML / f"{name}.html").stat().st_size
+    assert size < PAGE_LIMIT_BYTES, f"{name}.html is {size / 2**20:.2f} MiB"
+    page, problems = _open(browser, site, name)
+    try:
+        count = page.evaluate("() => document.querySelectorAll('.cxlib-controls').length")
+        assert count >= 1, "no precomputed controls on the page"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for c in range(count):
+            controls = page.locator(".cxlib-controls").nth(c)
+            sliders = controls.locator("input[type=range]")
+            for s in range(sliders.count()):
+                slider = sliders.nth(s)
+                seen = []
+                for end in (slider.get_attribute("min"), slider.get_attribute("max")):
+                    slider.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
+                                    end)
+                    seen.append((controls.locator("img").get_attribute("src"),
+                                 controls.locator(".cxlib-controls-caption").text_content()))
+                    if c == 0 and s == 0:
+                        controls.screenshot(path=str(SCREENSHOTS / f"{Path(name).name}-slider-{end}.png"))
+                assert seen[0][0] != seen[1][0], f"slider {s} of controls {c}: the figure did not change"
+                assert seen[0][1] != seen[1][1], f"slider {s} of controls {c}: the caption did not change"
+                assert seen[1][0].startswith("data:image/png;base64,")
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()

@@ -73,6 +73,7 @@ class PrecomputedControls:
 
     def _repr_html_(self) -> str:
         element_id = f"cxlib-controls-{uuid.uuid4().hex[:12]}"
+        first = self.frames[",".join(map(str, self.initial))]
         rows = []
         for k, name in enumerate(self.names):
             rows.append(
@@ -91,8 +92,12 @@ class PrecomputedControls:
             f'<div class="cxlib-controls" id="{element_id}" '
             'style="border:1px solid #ddd;border-radius:4px;padding:0.5em 0.8em;margin:0.5em 0">'
             f"{title}{''.join(rows)}"
-            '<img style="max-width:100%;display:block;margin-top:0.4em" src="" alt="">'
-            '<div class="cxlib-controls-caption" style="font-size:0.9em;color:#444"></div>'
+            # The starting figure is in the HTML itself: without JavaScript the page still
+            # shows it.
+            f'<img style="max-width:100%;display:block;margin-top:0.4em" '
+            f'src="data:image/png;base64,{first["png"]}" alt="{html.escape(first["caption"], quote=True)}">'
+            '<div class="cxlib-controls-caption" style="font-size:0.9em;color:#444">'
+            f'{html.escape(first["caption"])}</div>'
             f'<script type="application/json">{data}</script>'
             f"<script>{_SCRIPT % {'id': json.dumps(element_id)}}</script></div>"
         )

@@ -1,0 +1,116 @@
+"""Run every chapter end to end at the smoke setting: the paper's sizes, networks, layers and
+batch, with every loop cut to a few steps (``CXLIB_SETTING=smoke``), and record per chapter
+whether it ran, how long it took, and its peak memory (the kernel's resident set, and on a GPU
+the most CUDA memory torch allocated).
+
+Usage:
+    python scripts/smoke_chapters.py [book/04_denoising.ipynb ...] [--json record.json]
+        [--gpu-memory-gib 15]
+
+Each chapter runs in a fresh kernel of this Python, with the seeded random VGG19 weights where
+the ImageNet ones are missing and a fresh folder for the training runs. ``--gpu-memory-gib``
+holds each chapter to that much GPU memory (``torch.cuda.set_per_process_memory_fraction``),
+e.g. 15 for a Colab T4. The exit status is 1 if any chapter failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Cells added around each chapter: the memory cap first, the measurement last.
+_CAP = """import torch
+if torch.cuda.is_available():
+    torch.cuda.set_per_process_memory_fraction(
+        min(1.0, {gib} * 2**30 / torch.cuda.get_device_properties(0).total_memory))
+"""
+_MEASURE = """import json, resource, sys, torch
+print("CXLIB_SMOKE " + json.dumps({
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+}))
+"""
+
+
+def _chapters() -> list[Path]:
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()]
+
+
+def run_chapter(path: Path, *, gpu_memory_gib: float | None, timeout: int) -> dict:
+    notebook = nbformat.read(path, as_version=4)
+    if gpu_memory_gib is not None:
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(_CAP.format(gib=gpu_memory_gib)))
+    notebook.cells.append(nbformat.v4.new_code_cell(_MEASURE))
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    started = time.perf_counter()
+    record = {"chapter": path.stem}
+    try:
+        client.execute()
+        record["status"] = "ok"
+    except CellExecutionError as error:
+        record["status"] = "failed"
+        record["error"] = str(error).strip().splitlines()[-1][:500]
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    for output in notebook.cells[-1].get("outputs", []):
+        for line in output.get("text", "").splitlines():
+            if line.startswith("CXLIB_SMOKE "):
+                record.update(json.loads(line.removeprefix("CXLIB_SMOKE ")))
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--json", type=Path, help="write the record here")
+    parser.add_argument("--gpu-memory-gib", type=float, default=None)
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = parser.parse_args()
+    os.environ.update({"CXLIB_SETTING": "smoke", "CXLIB_ALLOW_RANDOM_WEIGHTS": "1",
+                       "CXLIB_RUNS_DIR": tempfile.mkdtemp(prefix="cxlib-smoke-runs-")})
+    notebooks = [p.resolve() for p in args.notebooks] or _chapters()
+    records = []
+    for path in notebooks:
+        record = run_chapter(path, gpu_memory_gib=args.gpu_memory_gib, timeout=args.timeout)
+        records.append(record)
+        memory = f"peak RSS {record.get('peak_rss_mib', float('nan')):,.0f} MiB"
+        if record.get("peak_cuda_mib") is not None:
+            memory += f", peak CUDA {record['peak_cuda_mib']:,.0f} MiB"
+        print(f"{record['chapter']:<28} {record['status']:<7} {record['seconds']:7.1f} s  {memory}"
+              + (f"  {record['error']}" if "error" in record else ""), flush=True)
+    total = sum(r["seconds"] for r in records)
+    print(f"{len(records)} chapters at the smoke setting in {total:.0f} s;"
+          f" {sum(r['status'] != 'ok' for r in records)} failed")
+    if args.json:
+        import torch
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "setting": "smoke", "date": datetime.date.today().isoformat(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "gpu_memory_gib": args.gpu_memory_gib, "chapters": records,
+        }, indent=1) + "\n")
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

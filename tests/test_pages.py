@@ -251,3 +251,80 @@ def test_precomputed_sliders_work_on_the_page(browser, site, name):
         assert not problems, "\n".join(problems)
     finally:
         page.close()
+
+
+def _explorer_matches_cxlib(page, root_selector: str):
+    """Set known configurations in the explorer and compare its numbers with cxlib's."""
+    import torch
+
+    import cxlib
+
+    # Four generated and four target points (the chapter's count): the chapter's own, a
+    # spread with a large eps, and one with exact copies (d = 0) and the smallest eps.
+    configurations = [
+        ([[1.1, 3.2], [3.1, 3.3], [2.2, 0.7], [3.0, 1.0]], [[1, 3], [3, 3.6], [2, 1], [4, 1.4]], -0.3, -5),
+        ([[0.0, 0.0], [1.0, 0.2], [0.3, 1.0], [0.7, 0.6]], [[0.0, 0.1], [1.0, 0.0], [0.5, 0.5], [0.2, 0.9]], -1.0, -2),
+        ([[2.0, 2.0], [1.0, 3.0], [0.0, 1.0], [2.5, 0.5]], [[2.0, 2.0], [1.0, 3.0], [0.5, 1.0], [3.0, 0.0]], 0.0, -8),
+        # Points 1e-3 from their targets: d ~ 1e-7, so eps decides Eq. 2's denominator.
+        ([[1.0, 3.001], [3.0, 3.601], [2.001, 1.0], [4.0, 1.401]], [[1, 3], [3, 3.6], [2, 1], [4, 1.4]], -0.3, -6),
+    ]
+    for x, y, log10_h, log10_eps in configurations:
+        page.evaluate("([sel, x, y, lh, le]) => document.querySelector(sel).cxlibSet(x, y, lh, le)",
+                      [root_selector, x, y, log10_h, log10_eps])
+        used = page.evaluate("(sel) => JSON.parse(document.querySelector(sel).dataset.points)",
+                             root_selector)
+        got = page.evaluate("""(sel) => {
+            const root = document.querySelector(sel);
+            const cells = [...root.querySelectorAll('td[data-i]')].map(td => [+td.dataset.i, +td.dataset.j, +td.dataset.value]);
+            return {cells, score: +root.querySelector('.cxlib-explorer-score').dataset.value};
+        }""", root_selector)
+        xt = torch.tensor(used["x"], dtype=torch.float64).T.reshape(1, 2, 1, -1)
+        yt = torch.tensor(used["y"], dtype=torch.float64).T.reshape(1, 2, 1, -1)
+        want = cxlib.contextual_matrices(xt, yt, band_width=used["h"], eps=used["eps"])
+        for i, j, value in got["cells"]:
+            assert abs(value - want.similarity[i, j].item()) < 1e-6, (x, y, i, j, value)
+        assert abs(got["score"] - want.score.item()) < 1e-6, (x, y, got["score"], want.score.item())
+
+
+def test_the_explorer_computes_what_cxlib_computes(browser, tmp_path):
+    """Chapter 2's in-page explorer, on its own page: its CX_ij and CX(X, Y) equal cxlib's to
+    1e-6 for known configurations, with no console error."""
+    from cxlib.book import points_explorer
+
+    path = tmp_path / "explorer.html"
+    path.write_text("<!doctype html><html><body>"
+                    + points_explorer([[1, 3], [3, 1], [2, 2], [0, 1]], [[1, 2.5], [3.5, 1], [2, 2.5], [0.5, 0]])._repr_html_()
+                    + "</body></html>")
+    page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(path.as_uri())
+        _explorer_matches_cxlib(page, ".cxlib-explorer")
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_the_explorer_on_chapter_2_works(browser, site):
+    page, problems = _open(browser, site, "book/02_contextual_similarity")
+    try:
+        assert page.evaluate("() => document.querySelectorAll('.cxlib-explorer').length") == 1
+        _explorer_matches_cxlib(page, ".cxlib-explorer")
+        # Dragging a point moves it and changes the score.
+        before = page.evaluate("() => document.querySelector('.cxlib-explorer-score').dataset.value")
+        marker = page.locator(".cxlib-explorer g[data-kind=x]").first
+        marker.scroll_into_view_if_needed()
+        box = marker.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 60, box["y"] + 40, steps=5)
+        page.mouse.up()
+        after = page.evaluate("() => document.querySelector('.cxlib-explorer-score').dataset.value")
+        assert before != after, "dragging a point did not change CX(X, Y)"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.locator(".cxlib-explorer").screenshot(path=str(SCREENSHOTS / "02-explorer.png"))
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()

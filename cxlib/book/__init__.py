@@ -9,12 +9,14 @@ the training chapters learn from offline.
 - :mod:`.plot`: image rows and correspondence pictures (matplotlib).
 - :mod:`.table`: tables that fit the page (HTML there, aligned text elsewhere).
 - :mod:`.controls`: sliders that work on the published page (figures drawn in advance).
+- :mod:`.explorer`: chapter 2's points to drag, computed in the page.
 - :mod:`.synthetic`: a moving photograph, drawn faces.
 
 Needs the ``book`` extra: ``pip install "cxlib[book] @ git+https://github.com/cx-book/contextual-loss-book@main"``.
 """
 
 from .controls import PrecomputedControls, precomputed_controls
+from .explorer import PointsExplorer, points_explorer
 from .images import PHOTOGRAPHS, add_noise, load_image, misalign, misalignment_grid
 from .metrics import (
     attribute_transferred,
@@ -32,6 +34,7 @@ from .table import Table
 
 __all__ = [
     "PHOTOGRAPHS",
+    "PointsExplorer",
     "PrecomputedControls",
     "Table",
     "add_noise",
@@ -45,6 +48,7 @@ __all__ = [
     "load_image",
     "misalign",
     "misalignment_grid",
+    "points_explorer",
     "precomputed_controls",
     "psnr",
     "show_animation",

@@ -16,6 +16,7 @@ from .._reduction import REDUCTIONS, reduce_batch
 from .distances import prepare_points
 from .full import Term
 from .paths import score_terms
+from .precision import computation_dtype
 from .sampling import outside_autocast, sampled_point_sets
 from .settings import Settings, check_settings
 
@@ -24,7 +25,7 @@ __all__ = ["ContextualLoss", "contextual_loss", "contextual_similarity"]
 
 def _result_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype of the result: the features' own, but float32 for half precision."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return computation_dtype(x.dtype)
 
 
 def _compute_similarity(

@@ -8,6 +8,7 @@ import torch
 
 from .._checks import check_feature_pair
 from .distances import as_point_sets, pairwise_distance, prepare_points
+from .precision import in_computation_dtype
 from .full import relative_distance, similarity_logits
 from .sampling import outside_autocast
 from .settings import check_settings
@@ -92,8 +93,7 @@ def contextual_matrices(
             f"contextual_matrices takes one sample: expected (C, H, W) or (1, C, H, W), "
             f"got x {tuple(x.shape)}"
         )
-    if x.dtype in (torch.float16, torch.bfloat16):  # as the loss: Eq. 2 needs float32
-        x, y = x.float(), y.float()
+    x, y = in_computation_dtype(x, y)  # as the loss: Eq. 2 needs float32
     with outside_autocast(x):
         return _matrices(x, y, settings)
 

@@ -8,6 +8,7 @@ import torch
 
 from .._checks import check_feature_pair
 from .distances import as_point_sets
+from .precision import in_computation_dtype
 from .settings import Settings
 
 __all__ = ["outside_autocast", "sampled_point_sets"]
@@ -69,9 +70,7 @@ import torch
         (torch.Size([1, 4, 3]), True)
     """
     x, y = check_feature_pair(x, y, finite=settings.check_finite)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # Eq. 2 divides by a small minimum distance: half precision is not enough for it.
-        x, y = x.float(), y.float()
+    x, y = in_computation_dtype(x, y)  # Eq. 2 needs float32 (cxlib.contextual.precision)
     x_points, y_points = as_point_sets(x), as_point_sets(y)
     x_index = y_index = None
     if settings.sample_positions is not None:

@@ -33,6 +33,7 @@ WORKFLOW_DIR = ROOT / ".github" / "workflows"
 WORKFLOWS = sorted(p for p in WORKFLOW_DIR.glob("*") if p.suffix in (".yml", ".yaml"))
 BOOK = WORKFLOW_DIR / "book.yml"
 CI = WORKFLOW_DIR / "ci.yml"
+RELEASE = WORKFLOW_DIR / "release.yml"
 
 # The active virtual environment (not resolved: its python may be a link to the base one).
 VENV_BIN = Path(sys.executable).parent
@@ -247,7 +248,7 @@ def pin_problems(path: Path) -> list[str]:
 
 
 def test_the_workflows_exist():
-    assert BOOK in WORKFLOWS and CI in WORKFLOWS, [p.name for p in WORKFLOWS]
+    assert {BOOK, CI, RELEASE} <= set(WORKFLOWS), [p.name for p in WORKFLOWS]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -284,7 +285,11 @@ def test_every_job_has_a_timeout(path):
 
 
 # Jobs that may hold a `write` permission, and which ones.
-WRITE_ALLOWED = {("book.yml", "deploy"): {"pages", "id-token"}}
+WRITE_ALLOWED = {
+    ("book.yml", "deploy"): {"pages", "id-token"},
+    ("release.yml", "publish"): {"id-token"},
+    ("release.yml", "release"): {"contents"},
+}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -312,6 +317,105 @@ def test_ci_permissions():
     doc = _load(CI)
     assert doc["permissions"] == {"contents": "read"}
     assert all("permissions" not in job for job in doc["jobs"].values())
+
+
+def release_problems(doc: dict) -> list[str]:
+    """What release.yml must keep: a `v*` tag trigger; a test job that checks the tag against
+    the built package's version and runs the wheel test on the built files; PyPI's trusted
+    publishing in a `publish` job alone holding `id-token: write`, in the `pypi` environment,
+    after the test; the GitHub release alone holding `contents: write`."""
+    problems = []
+    if _triggers(doc) != {"push": {"tags": ["v*"]}}:
+        problems.append(f"trigger {_triggers(doc)!r}, not a push of a v* tag")
+    if doc.get("permissions") != {}:
+        problems.append(f"top-level permissions {doc.get('permissions')!r}, not {{}}")
+    jobs = doc.get("jobs", {})
+    for job_id, job in jobs.items():
+        granted = job.get("permissions") or {}
+        if "id-token" in granted and job_id != "publish":
+            problems.append(f"job {job_id} holds id-token: {granted['id-token']}")
+        if granted.get("contents") == "write" and job_id != "release":
+            problems.append(f"job {job_id} holds contents: write")
+    test = jobs.get("test", {})
+    checks = [step for step in test.get("steps", [])
+              if "check_dist.py dist" in step.get("run", "")
+              and '"$TAG" != "v$version"' in step.get("run", "")
+              and step.get("env", {}).get("TAG") == "${{ github.ref_name }}"]
+    if not checks:
+        problems.append("the test job does not check the tag against cxlib.__version__")
+    if not any("CXLIB_DIST=dist bash scripts/test-wheel" in step.get("run", "")
+               for step in test.get("steps", [])):
+        problems.append("the test job does not run the wheel test on the built files")
+    publish = jobs.get("publish", {})
+    environment = publish.get("environment")
+    if (environment.get("name") if isinstance(environment, dict) else environment) != "pypi":
+        problems.append(f"publish runs in environment {environment!r}, not pypi")
+    if publish.get("permissions") != {"id-token": "write"}:
+        problems.append(f"publish permissions {publish.get('permissions')!r}")
+    if "test" not in (publish.get("needs") or []):
+        problems.append("publish does not wait for the test")
+    uses = [step.get("uses", "").partition("@")[0] for step in publish.get("steps", [])]
+    if uses != ["actions/download-artifact", "pypa/gh-action-pypi-publish"]:
+        problems.append(f"publish runs {uses}, not the artifact and pypa/gh-action-pypi-publish")
+    if any("run" in step for step in publish.get("steps", [])):
+        problems.append("publish runs a command (it must run no repository code)")
+    release = jobs.get("release", {})
+    if release.get("permissions") != {"contents": "write"} or release.get("needs") != "publish":
+        problems.append("the GitHub release is not made after publish with contents: write")
+    return problems
+
+
+def test_release_publishes_the_tested_files_of_the_tagged_version():
+    assert release_problems(_load(RELEASE)) == []
+
+
+def _mutated(change) -> dict:
+    doc = _load(RELEASE)
+    change(doc)
+    return doc
+
+
+def _drop_tag_check(doc):
+    doc["jobs"]["test"]["steps"] = [s for s in doc["jobs"]["test"]["steps"]
+                                    if "check_dist.py" not in s.get("run", "")]
+
+
+def _tag_check_without_comparison(doc):
+    for step in doc["jobs"]["test"]["steps"]:
+        if "check_dist.py" in step.get("run", ""):
+            step["run"] = step["run"].replace('"$TAG" != "v$version"', "false")
+
+
+@pytest.mark.parametrize("change, problem", [
+    (_drop_tag_check, "does not check the tag"),
+    (_tag_check_without_comparison, "does not check the tag"),
+    (lambda d: d["jobs"]["publish"].pop("environment"), "not pypi"),
+    (lambda d: d["jobs"]["publish"].update(environment={"name": "release"}), "not pypi"),
+    (lambda d: d["jobs"]["publish"].update(environment="staging"), "not pypi"),
+    (lambda d: d["jobs"]["test"].update(permissions={"contents": "read", "id-token": "write"}),
+     "job test holds id-token"),
+    (lambda d: d.update(permissions={"id-token": "write"}), "top-level permissions"),
+    (lambda d: d["jobs"]["release"]["permissions"].update({"id-token": "write"}),
+     "job release holds id-token"),
+    (lambda d: d["jobs"]["build"].update(permissions={"contents": "write"}),
+     "job build holds contents: write"),
+    (lambda d: d["jobs"]["publish"].update(needs=["build"]), "does not wait for the test"),
+], ids=["no-tag-check", "tag-not-compared", "no-environment", "other-environment",
+        "environment-string", "id-token-in-test", "id-token-top-level", "id-token-in-release",
+        "contents-write-in-build", "publish-before-test"])
+def test_release_check_rejects_a_weakened_release(change, problem):
+    problems = release_problems(_mutated(change))
+    assert any(problem in p for p in problems), problems
+
+
+def test_release_check_rejects_id_token_in_the_yaml_text(tmp_path):
+    """The same through the file: a copy of release.yml whose build job asks for id-token."""
+    text = RELEASE.read_text()
+    needle = "    permissions:\n      contents: read # checkout\n"
+    assert needle in text
+    path = tmp_path / "release.yml"
+    path.write_text(text.replace(needle, needle + "      id-token: write\n", 1))
+    assert any("job build holds id-token" in p for p in release_problems(_load(path)))
 
 
 def test_book_builds_on_main_and_deploys_to_pages():

@@ -49,6 +49,7 @@ from .vgg import (
 )
 from .vgg_losses import GramLoss, PerceptualLoss, VGGContextualLoss
 
+#: cxlib's version, its one source (the build reads it): semantic versioning, see CHANGELOG.md.
 __version__ = "0.1.0"
 
 __all__ = [

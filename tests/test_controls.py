@@ -49,7 +49,15 @@ def test_the_html_holds_the_sliders_the_frames_and_no_network():
     assert repr(controls) == "<precomputed controls: 2 h x 3 p = 6 figures>"
 
 
+def test_jpeg_frames_for_photographs():
+    controls = precomputed_controls(_draw, {"h": [0.1, 0.5], "p": [1]}, image_format="jpeg")
+    assert all(base64.b64decode(f["png"]).startswith(b"\xff\xd8") for f in controls.frames.values())
+    assert 'src="data:image/jpeg;base64,' in controls._repr_html_()
+
+
 def test_bad_controls_are_refused():
+    with pytest.raises(ValueError, match="image_format: expected 'png' or 'jpeg', got 'gif'"):
+        precomputed_controls(_draw, {"h": [1.0], "p": [1]}, image_format="gif")
     with pytest.raises(ValueError, match="control 'h': expected at least one value, got none"):
         precomputed_controls(_draw, {"h": [], "p": [1]})
     with pytest.raises(ValueError, match=r"initial value of 'p': expected one of \[0, 1\], got 3"):

@@ -33,7 +33,7 @@ _SCRIPT = """
         frames.labels[s.name][s.value];
     });
     var frame = frames.frames[key.join(",")];
-    image.src = "data:image/png;base64," + frame.png;
+    image.src = "data:" + frames.mime + ";base64," + frame.png;
     image.title = frame.caption;
     image.alt = frame.caption;
     caption.textContent = frame.caption;
@@ -53,13 +53,15 @@ class PrecomputedControls:
     Attributes:
         names: the controls' names, in slider order.
         values: the values of each control.
-        frames: for each combination of value indices (as ``"i,j"``), its PNG (base64) and
-            caption.
+        frames: for each combination of value indices (as ``"i,j"``), its image (base64, under
+            the key ``"png"`` whatever its format) and caption.
+        mime: the images' type, ``"image/png"`` or ``"image/jpeg"``.
     """
 
     def __init__(self, names: list[str], values: list[list[object]], labels: list[list[str]],
-                 frames: dict[str, dict[str, str]], initial: list[int], title: str | None):
-        self.names, self.values, self.labels = names, values, labels
+                 frames: dict[str, dict[str, str]], initial: list[int], title: str | None,
+                 mime: str = "image/png"):
+        self.names, self.values, self.labels, self.mime = names, values, labels, mime
         self.frames, self.initial, self.title = frames, initial, title
 
     @property
@@ -84,7 +86,7 @@ class PrecomputedControls:
                 'style="width:16em">'
                 f'<b data-value-of="{html.escape(name, quote=True)}"></b></label>')
         data = json.dumps({"labels": {n: lab for n, lab in zip(self.names, self.labels)},
-                           "frames": self.frames})
+                           "frames": self.frames, "mime": self.mime})
         data = data.replace("</", "<\\/")  # nothing in it may close the script element
         title = (f'<div style="font-weight:bold;margin-bottom:0.2em">{html.escape(self.title)}'
                  "</div>" if self.title else "")
@@ -95,7 +97,7 @@ class PrecomputedControls:
             # The starting figure is in the HTML itself: without JavaScript the page still
             # shows it.
             f'<img style="max-width:100%;display:block;margin-top:0.4em" '
-            f'src="data:image/png;base64,{first["png"]}" alt="{html.escape(first["caption"], quote=True)}">'
+            f'src="data:{self.mime};base64,{first["png"]}" alt="{html.escape(first["caption"], quote=True)}">'
             '<div class="cxlib-controls-caption" style="font-size:0.9em;color:#444">'
             f'{html.escape(first["caption"])}</div>'
             f'<script type="application/json">{data}</script>'
@@ -106,7 +108,7 @@ class PrecomputedControls:
 def precomputed_controls(draw: Callable[..., str | None], controls: Mapping[str, Sequence[object]],
                          *, initial: Mapping[str, object] | None = None,
                          figsize: tuple[float, float] = (8.0, 3.2), dpi: int = 72,
-                         title: str | None = None,
+                         title: str | None = None, image_format: str = "png",
                          label: Callable[[object], str] = lambda v: f"{v:g}" if isinstance(v, float) else str(v),
                          ) -> PrecomputedControls:
     """Draw the figure of every combination of the controls' values, for sliders on the page.
@@ -120,13 +122,16 @@ def precomputed_controls(draw: Callable[..., str | None], controls: Mapping[str,
         figsize: the figure's size in inches.
         dpi: the figures' resolution (the page's weight grows with its square).
         title: a line above the sliders, or ``None``.
+        image_format: ``"png"`` (exact colours: plots and matrices) or ``"jpeg"`` (photographs,
+            several times smaller).
         label: how a value is written next to its slider.
 
     Returns:
         A :class:`PrecomputedControls`: shown as HTML, it is the sliders and the figure.
 
     Raises:
-        ValueError: if a control has no values, or an initial value is not among its values.
+        ValueError: if a control has no values, an initial value is not among its values, or
+            ``image_format`` is not ``"png"`` or ``"jpeg"``.
 
     Example:
         >>> from cxlib.book import precomputed_controls
@@ -140,6 +145,8 @@ def precomputed_controls(draw: Callable[..., str | None], controls: Mapping[str,
         True
     """
     plt = require("matplotlib.pyplot", extra="book", purpose="precomputed_controls")
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
     names = list(controls)
     values = [list(controls[name]) for name in names]
     for name, options in zip(names, values):
@@ -161,10 +168,11 @@ def precomputed_controls(draw: Callable[..., str | None], controls: Mapping[str,
         try:
             caption = draw(fig, **{n: values[k][i] for k, (n, i) in enumerate(zip(names, indices))})
             buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+            fig.savefig(buffer, format=image_format, dpi=dpi, bbox_inches="tight")
         finally:
             plt.close(fig)
         frames[",".join(map(str, indices))] = {
             "png": base64.b64encode(buffer.getvalue()).decode(), "caption": caption or ""}
     labels = [[label(v) for v in options] for options in values]
-    return PrecomputedControls(names, values, labels, frames, start, title)
+    return PrecomputedControls(names, values, labels, frames, start, title,
+                               mime=f"image/{image_format}")

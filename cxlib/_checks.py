@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from typing import Literal, overload
 
 import torch
 
@@ -39,6 +40,14 @@ def check_nonnegative(name: str, value: object) -> float:
     if not number >= 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return number
+
+
+@overload
+def check_positive_int(name: str, value: object, *, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_positive_int(name: str, value: object, *, allow_none: bool) -> int | None: ...
 
 
 def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:

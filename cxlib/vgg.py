@@ -14,6 +14,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -107,8 +108,9 @@ def _build_features(config: Iterable[int | str], pooling: str, depth: int) -> nn
             pool = nn.MaxPool2d if pooling == "max" else nn.AvgPool2d
             layers.append(pool(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(in_channels, item, kernel_size=3, padding=1), nn.ReLU()]
-            in_channels = item
+            channels = int(item)
+            layers += [nn.Conv2d(in_channels, channels, kernel_size=3, padding=1), nn.ReLU()]
+            in_channels = channels
     return nn.Sequential(*layers[:depth])
 
 
@@ -255,7 +257,7 @@ def concat_layers(features: Mapping[str, torch.Tensor], layers: Iterable[str], *
     if missing:
         raise ValueError(f"features has no layers {missing}; it has {list(features)}")
     if size is None:
-        size = tuple(features[names[0]].shape[2:])
+        size = cast("tuple[int, int]", tuple(features[names[0]].shape[2:]))
     parts = []
     for name in names:
         f = features[name]
@@ -309,6 +311,9 @@ class VGG19Features(nn.Module):
         >>> vgg.pretrained
         False
     """
+
+    mean: torch.Tensor  # buffers, (1, 3, 1, 1)
+    std: torch.Tensor
 
     def __init__(self, layers: str | Iterable[str], *, weights: str | os.PathLike | None = "imagenet",
                  pooling: str = "max") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import cast
 
 import torch
 from torch import nn
@@ -264,11 +265,11 @@ class VGGContextualLoss(_VGGFeatureLoss):
     def forward(self, generated: torch.Tensor, target: torch.Tensor | None = None,
                 source: torch.Tensor | None = None) -> torch.Tensor:
         terms = self.terms(generated, target, source)
-        return sum(
+        return cast(torch.Tensor, sum(
             weight * terms[self._key(role, layer)]
             for role, layers in self.roles.items()
             for layer, weight in layers.items()
-        )
+        ))
 
     @staticmethod
     def _key(role: str, layer: str) -> str:
@@ -298,10 +299,10 @@ class _SingleReferenceLoss(_VGGFeatureLoss):
     def forward(self, generated: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         features = self.vgg(self._images("generated", generated))
         reference_features = self._reference("reference", reference, generated.shape[0])
-        return sum(
+        return cast(torch.Tensor, sum(
             weight * self._layer_loss(features[layer], reference_features[layer])
             for layer, weight in self.roles["reference"].items()
-        )
+        ))
 
     def extra_repr(self) -> str:
         return f"layers={self.roles['reference']}, reduction={self.reduction!r}"

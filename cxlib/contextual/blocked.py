@@ -23,6 +23,7 @@ own row statistics. Values and gradients equal the full path's up to floating-po
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -44,7 +45,9 @@ def default_block_size(batch: int, num_x: int, num_y: int, device: torch.device)
     return max(1, min(num_x, budget // max(1, batch * num_y)))
 
 
-def _term_cx(x_block, y_points, distance, band_width, eps):
+def _term_cx(
+    x_block: torch.Tensor, y_points: torch.Tensor, distance: str, band_width: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """CX^t for a block of rows, with the row statistics the backward needs."""
     dist = pairwise_distance(distance, x_block, y_points)
     minimum, argmin = dist.min(dim=-1, keepdim=True)
@@ -54,8 +57,11 @@ def _term_cx(x_block, y_points, distance, band_width, eps):
     return logits.sub_(lse).exp_(), minimum, argmin, lse
 
 
-def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_row, grad_best,
-                   needs_grad):
+def _term_backward(
+    x_block: torch.Tensor, y_points: torch.Tensor, distance: str, band_width: float, eps: float,
+    stats: tuple[torch.Tensor, ...], local_row: torch.Tensor, grad_best: torch.Tensor,
+    needs_grad: Sequence[bool],
+) -> tuple[torch.Tensor | None, ...]:
     """Gradients of one term's points for one block, given the gradient reaching CX^t_ij.
 
     ``grad_best`` (B, 1, N) is the gradient of column j's max, already scaled by the term's
@@ -94,7 +100,7 @@ def _term_backward(x_block, y_points, distance, band_width, eps, stats, local_ro
 
 class _BlockedSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, settings, *points):
+    def forward(ctx: Any, settings: tuple[Any, ...], *points: torch.Tensor) -> torch.Tensor:
         distances, weights, band_width, term_eps, block_size = settings
         x_first = points[0]
         batch, num_x = x_first.shape[:2]
@@ -111,7 +117,7 @@ class _BlockedSimilarity(torch.autograd.Function):
 
         for start in range(0, num_x, block_size):
             stop = min(start + block_size, num_x)
-            mixed = None
+            mixed: torch.Tensor | None = None
             for t, (distance, weight, eps) in enumerate(zip(distances, weights, term_eps)):
                 x_points, y_points = points[2 * t], points[2 * t + 1]
                 cx, minimum, argmin, lse = _term_cx(
@@ -120,6 +126,7 @@ class _BlockedSimilarity(torch.autograd.Function):
                 for saved, value in zip(stats[t], (minimum, argmin, lse)):
                     saved[:, start:stop] = value
                 mixed = cx.mul_(weight) if mixed is None else mixed.add_(cx, alpha=weight)
+            assert mixed is not None  # there is at least one term
             block_best, block_row = mixed.max(dim=1)
             # Strictly greater: on ties the earlier row keeps the column, as a single max would.
             better = block_best > best
@@ -132,7 +139,7 @@ class _BlockedSimilarity(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_score):
+    def backward(ctx: Any, grad_score: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         distances, weights, band_width, term_eps, block_size = ctx.settings
         best_row, *saved = ctx.saved_tensors
         num_terms = len(distances)
@@ -141,7 +148,9 @@ class _BlockedSimilarity(torch.autograd.Function):
         # d score / d best_j = 1/N for every column j.
         grad_best = (grad_score / num_y).unsqueeze(-1).expand(-1, num_y)
         needs = ctx.needs_input_grad[1:]
-        grads = [torch.zeros_like(p) if needed else None for p, needed in zip(points, needs)]
+        grads: list[torch.Tensor | None] = [
+            torch.zeros_like(p) if needed else None for p, needed in zip(points, needs)
+        ]
 
         for start in range(0, num_x, block_size):
             stop = min(start + block_size, num_x)
@@ -159,10 +168,11 @@ class _BlockedSimilarity(torch.autograd.Function):
                     points[2 * t][:, start:stop], points[2 * t + 1], distance, band_width, eps,
                     stats, local_row, grad_best_here * weight, term_needs,
                 )
-                if gx is not None:
-                    grads[2 * t][:, start:stop] = gx
-                if gy is not None:
-                    grads[2 * t + 1] += gy
+                grad_x, grad_y = grads[2 * t], grads[2 * t + 1]
+                if gx is not None and grad_x is not None:
+                    grad_x[:, start:stop] = gx
+                if gy is not None and grad_y is not None:
+                    grad_y += gy
 
         return (None, *grads)
 
@@ -193,4 +203,4 @@ def blocked_similarity(
         tuple(t.eps_or(eps) for t in terms), block_size,
     )
     flat = [p for t in terms for p in (t.x_points, t.y_points)]
-    return _BlockedSimilarity.apply(settings, *flat)
+    return cast(torch.Tensor, _BlockedSimilarity.apply(settings, *flat))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -83,10 +84,10 @@ def similarity_matrix(distance: torch.Tensor, band_width: float, eps: float) -> 
 
 def full_similarity(terms: Sequence[Term], band_width: float, eps: float) -> torch.Tensor:
     """Eq. 1 on full matrices: CX(X, Y) per sample, (B,), of the weighted mix of the terms."""
-    cx = sum(
+    cx = cast(torch.Tensor, sum(
         term.weight
         * similarity_matrix(pairwise_distance(term.distance, term.x_points, term.y_points),
                             band_width, term.eps_or(eps))
         for term in terms
-    )
+    ))
     return cx.max(dim=-2).values.mean(dim=-1)

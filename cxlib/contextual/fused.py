@@ -43,7 +43,8 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -59,7 +60,7 @@ FUSED_DISTANCES = ("cosine", "l2")
 MIN_TRITON = (3, 0)
 
 try:
-    import triton
+    import triton as triton  # re-exported: fused_report reads fused.triton
     import triton.language as tl
 
     _TRITON_ERROR: Exception | None = None
@@ -353,7 +354,7 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def launch_config(kernel: str, channels: int, distance: str) -> dict:
+def launch_config(kernel: str, channels: int, distance: str) -> dict[str, Any]:
     """The constexprs and launch options with which ``kernel`` (a name in :data:`KERNELS`) is
     launched for points with ``channels`` channels and ``distance``: ``IS_L2``, ``BLOCK_M``,
     ``BLOCK_N``, ``BLOCK_C``, ``BLOCK_CO`` (gradient kernels) and ``num_warps`` (with
@@ -375,14 +376,14 @@ def launch_config(kernel: str, channels: int, distance: str) -> dict:
     return config
 
 
-def _split_config(config: dict) -> tuple[dict, dict]:
+def _split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(constexprs, launch options) of a launch_config dict."""
     constexprs = {k: v for k, v in config.items() if k not in _OPTION_NAMES}
     options = {k: v for k, v in config.items() if k in _OPTION_NAMES}
     return constexprs, options
 
 
-def _int_args(num_x: int, num_y: int, channels: int) -> dict:
+def _int_args(num_x: int, num_y: int, channels: int) -> dict[str, Any]:
     """The kernels' integer arguments for contiguous points (B, Nx, C) and (B, N, C), the layout
     fused_similarity makes: sizes and strides."""
     return dict(Nx=num_x, N=num_y, C=channels, sxb=num_x * channels, sxn=channels, sxc=1,
@@ -400,8 +401,9 @@ def _specialization(value: int) -> str:
 DEFAULT_POINTS = ((49, 49), (1024, 1024))
 
 
-def kernel_variants(channels=range(1, 513), points=DEFAULT_POINTS,
-                    distances=FUSED_DISTANCES) -> list[dict]:
+def kernel_variants(channels: Iterable[int] = range(1, 513),
+                    points: Iterable[tuple[int, int]] = DEFAULT_POINTS,
+                    distances: Iterable[str] = FUSED_DISTANCES) -> list[dict[str, Any]]:
     """Every distinct compilation of the kernels that the launches make for these channel counts
     and (Nx, N) point counts: the constexprs and options of :func:`launch_config` and how Triton
     specialises the integer arguments (sizes and strides equal to 1, or multiples of 16). One
@@ -409,7 +411,7 @@ def kernel_variants(channels=range(1, 513), points=DEFAULT_POINTS,
     example (Nx, N, C) that launches it) and ``specialization`` (the integer arguments that are 1
     or multiples of 16, e.g. ``"C=16 sxc=1"``), in a stable order.
     """
-    variants = {}
+    variants: dict[Any, Any] = {}
     for kernel in KERNELS:
         for distance in distances:
             for num_x, num_y in points:
@@ -520,7 +522,8 @@ class _FusedSimilarity(torch.autograd.Function):
         return grad_x, grad_y, None, None, None
 
 
-def _row_minimum_to_x(is_l2, x, y, am, row_value):
+def _row_minimum_to_x(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
+                      row_value: torch.Tensor) -> torch.Tensor:
     """dL/dx from dL/dd at the row minima, (i, argmin_i)."""
     y_min = y.gather(1, am.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     if is_l2:
@@ -528,7 +531,8 @@ def _row_minimum_to_x(is_l2, x, y, am, row_value):
     return -row_value.unsqueeze(-1) * y_min
 
 
-def _row_minimum_to_y(is_l2, x, y, am, row_value):
+def _row_minimum_to_y(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
+                      row_value: torch.Tensor) -> torch.Tensor:
     """dL/dy from dL/dd at the row minima, (i, argmin_i)."""
     index = am.unsqueeze(-1).expand(-1, -1, x.shape[-1])
     y_min = y.gather(1, index)
@@ -570,4 +574,4 @@ def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance
         raise ValueError(f"the fused path implements {FUSED_DISTANCES}, got distance={distance!r}")
     x = x_points.float().contiguous()
     y = y_points.float().contiguous()
-    return _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps))
+    return cast(torch.Tensor, _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps)))

@@ -50,7 +50,8 @@ def _problem(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, to
 
 
 def value_and_gradients(x: torch.Tensor, y: torch.Tensor, distance: str, implementation: str,
-                        *, band_width: float = 0.3, eps: float = 1e-5):
+                        *, band_width: float = 0.3, eps: float = 1e-5,
+                        ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """CX(X, Y) per sample on one path, and its gradients with respect to x and y, for a fixed,
     uneven weighting of the samples (so that a wrong per-sample gradient cannot hide in a sum).
 

@@ -19,8 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 __all__ = ["DEFAULT_TARGETS", "compile_report", "format_report", "ptxas_path"]
 
@@ -34,7 +37,7 @@ _FLOAT_ARGS = ("inv_h", "eps")
 MIN_TRITON_FOR_REPORT = (3, 3)
 
 
-def _fused():
+def _fused() -> ModuleType:
     """cxlib.contextual.fused, whose kernels must be real JIT functions (not Triton's interpreter's)."""
     from . import fused
 
@@ -74,7 +77,7 @@ def ptxas_path(capability: int = 80) -> Path | None:
     return next((bin_dir / n for n in names if (bin_dir / n).is_file()), None)
 
 
-def _ast_source(kernel, constexprs: dict, ints: dict):
+def _ast_source(kernel: Any, constexprs: dict[str, Any], ints: dict[str, Any]) -> Any:
     """An ASTSource for ``kernel`` specialised as Triton's JIT specialises a launch with these
     integer arguments: values of 1 folded in as constants, multiples of 16 (and every pointer:
     torch allocates 16-byte aligned) marked divisible by 16."""
@@ -100,13 +103,13 @@ def _ast_source(kernel, constexprs: dict, ints: dict):
     return ASTSource(kernel, signature, constexprs=values, attrs=attrs)
 
 
-def _gpu_target(capability: int):
+def _gpu_target(capability: int) -> Any:
     from triton.backends.compiler import GPUTarget
 
     return GPUTarget("cuda", capability, 32)
 
 
-def _parse_ptxas(log: str) -> dict:
+def _parse_ptxas(log: str) -> dict[str, Any]:
     """Registers, stack, spills and shared memory from ``ptxas -v``'s report."""
     def number(pattern: str) -> int:
         found = re.search(pattern, log)
@@ -121,7 +124,7 @@ def _parse_ptxas(log: str) -> dict:
     }
 
 
-def _compile_one(job: dict) -> dict:
+def _compile_one(job: dict[str, Any]) -> dict[str, Any]:
     """Compile one variant for one capability and read ptxas's report (in a worker process)."""
     row = {k: job[k] for k in ("kernel", "distance", "constexprs", "options", "shape", "specialization")}
     row["capability"] = job["capability"]
@@ -133,7 +136,7 @@ def _compile_one(job: dict) -> dict:
         compiled = fused.triton.compile(source, target=_gpu_target(job["capability"]),
                                         options=dict(job["options"]))
         ptx = compiled.asm["ptx"]
-        row["arch"] = re.search(r"\.target\s+(\w+)", ptx).group(1)
+        row["arch"] = re.search(r"\.target\s+(\w+)", ptx).group(1)  # type: ignore[union-attr]
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "kernel.ptx"
             path.write_text(ptx)
@@ -149,8 +152,10 @@ def _compile_one(job: dict) -> dict:
     return row
 
 
-def compile_report(targets=DEFAULT_TARGETS, variants: list[dict] | None = None,
-                   options: dict | None = None, jobs: int | None = None) -> list[dict]:
+def compile_report(targets: Iterable[int] = DEFAULT_TARGETS,
+                   variants: list[dict[str, Any]] | None = None,
+                   options: dict[str, Any] | None = None,
+                   jobs: int | None = None) -> list[dict[str, Any]]:
     """Compile every variant (:func:`cxlib.contextual.fused.kernel_variants`) for every target capability
     and return one row per compilation: the variant, ``arch``, ``registers``, ``stack``,
     ``spill_stores``, ``spill_loads`` (bytes), ``shared`` (bytes), ``seconds``, or ``error``.
@@ -177,7 +182,7 @@ def compile_report(targets=DEFAULT_TARGETS, variants: list[dict] | None = None,
         return list(pool.map(_compile_one, work))
 
 
-def format_report(rows: list[dict]) -> str:
+def format_report(rows: list[dict[str, Any]]) -> str:
     """The rows as a table: one line per compilation."""
     header = f"{'kernel':<12} {'distance':<8} {'BLOCK_CO':>8} {'options':<36} {'shape (Nx, N, C)':<18} {'arch':<7} {'regs':>4} {'spill st/ld':>11} {'smem':>6}"
     lines = [header, "-" * len(header)]
@@ -195,7 +200,7 @@ def format_report(rows: list[dict]) -> str:
 
 def _channels(text: str) -> list[int]:
     """"1-512" or "3,16,130" -> channel counts."""
-    out = []
+    out: list[int] = []
     for part in text.split(","):
         low, _, high = part.partition("-")
         out += range(int(low), int(high or low) + 1)

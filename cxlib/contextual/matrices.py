@@ -11,7 +11,7 @@ from .distances import as_point_sets, pairwise_distance, prepare_points
 from .precision import in_computation_dtype
 from .full import relative_distance, similarity_logits
 from .sampling import outside_autocast
-from .settings import check_settings
+from .settings import Settings, check_settings
 
 __all__ = ["ContextualMatrices", "contextual_matrices"]
 
@@ -98,7 +98,7 @@ def contextual_matrices(
         return _matrices(x, y, settings)
 
 
-def _matrices(x: torch.Tensor, y: torch.Tensor, settings) -> ContextualMatrices:
+def _matrices(x: torch.Tensor, y: torch.Tensor, settings: Settings) -> ContextualMatrices:
     x_raw, y_raw = as_point_sets(x), as_point_sets(y)
     x_points, y_points = prepare_points(settings.distance, x_raw, y_raw)
     dist = pairwise_distance(settings.distance, x_points, y_points)[0]

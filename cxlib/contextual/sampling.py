@@ -15,7 +15,7 @@ __all__ = ["outside_autocast", "sampled_point_sets"]
 
 
 
-def outside_autocast(x: torch.Tensor):
+def outside_autocast(x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
     """A context in which autocast is off on ``x``'s device: the loss's matrix products run in
     the precision of its points (float32 for half-precision features, see
     :func:`sampled_point_sets`), not in float16, inside a caller's autocast region too."""

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,8 +164,8 @@ def _run_train_worker(run_dir: Path, steps: int, kill_at: int = -1, amp: bool = 
 def check_resume() -> str:
     _need_gpus()
     notes = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         for amp in (False, True):
             tag = "amp" if amp else "fp32"
             straight = _run_train_worker(tmp / f"straight-{tag}", 10, amp=amp)
@@ -221,8 +222,8 @@ def check_ddp() -> str:
     _need_gpus(2)
     import cxlib
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         script = tmp / "ddp.py"
         script.write_text(_DDP_SCRIPT)
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -240,7 +241,7 @@ def check_ddp() -> str:
         optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
         for step in range(3):
             optimizer.zero_grad()
-            loss = 0
+            loss: Any = 0  # a tensor after the first rank's term
             for rank in (0, 1):
                 x = batches(2 * step + rank).cuda()
                 out = model(x)
@@ -277,8 +278,8 @@ def check_amp(steps: int = 6) -> str:
 
     device = torch.device("cuda", 0)
     notes = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         torch.manual_seed(0)
         photo = cxlib.book.images.load_image("astronaut", 32)
         frames = cxlib.book.synthetic_video(photo, 4, seed=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
+    numpy_state: Any = np.random.get_state()  # the legacy tuple form
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"name": numpy_state[0], "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),

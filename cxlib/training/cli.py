@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task == "animation":
         frames = VideoFrames(args.video, args.size)
         target = read_image_file(args.target, args.size)[None]
-        objective = AnimationObjective(target, kind="gram" if args.baseline else "contextual", weights=weights)
+        objective: torch.nn.Module = AnimationObjective(target, kind="gram" if args.baseline else "contextual", weights=weights)
         sources = StepBatches(frames, args.batch_size)
 
         def batch(step):

@@ -156,6 +156,9 @@ class PatchDiscriminator(nn.Module):
 
 
 class ImagePool(nn.Module):
+    images: torch.Tensor  # buffers
+    count: torch.Tensor
+
     """The history of generated images the discriminators see (Shrivastava et al., 2017).
 
     Until ``size`` images are stored, each image passes through and is stored. Then each image

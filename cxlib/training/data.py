@@ -12,7 +12,8 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
+from typing import Any, cast
 from pathlib import Path
 
 import numpy as np
@@ -165,13 +166,13 @@ class StepBatches:
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int = 0) -> None:
         self.dataset = dataset
         self.batch_size = check_positive_int("batch_size", batch_size)
-        if len(dataset) < self.batch_size:
-            raise ValueError(f"the dataset has {len(dataset)} items, fewer than batch_size={batch_size}")
+        if len(cast(Sized, dataset)) < self.batch_size:
+            raise ValueError(f"the dataset has {len(cast(Sized, dataset))} items, fewer than batch_size={batch_size}")
         self.seed = int(seed)
 
     def indices(self, step: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-        return torch.randperm(len(self.dataset), generator=generator)[: self.batch_size]
+        return torch.randperm(len(cast(Sized, self.dataset)), generator=generator)[: self.batch_size]
 
     def __call__(self, step: int) -> torch.Tensor:
         return torch.stack([self.dataset[int(i)] for i in self.indices(step)])
@@ -342,7 +343,7 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
         [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     """
     images = check_tensor("images", images, ndim=4)
-    like = {"dtype": images.dtype, "device": images.device}
+    like: dict[str, Any] = {"dtype": images.dtype, "device": images.device}
     # ITU-R 601 luma with weights summing to 1 (torchvision's rgb_to_grayscale uses 0.2989, whose
     # sum 0.9999 leaves rounding ripples on flat white areas).
     grey = (images * torch.tensor([0.299, 0.587, 0.114], **like).view(1, 3, 1, 1)).sum(1, keepdim=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, cast
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +116,10 @@ def _restore_scaler(scaler: torch.amp.GradScaler, saved: Mapping) -> None:
     """Load a gradient scaler's state unless the run was saved without one (or runs without one
     now): a run may be resumed with or without ``amp`` whatever it was started with."""
     if saved and scaler.is_enabled():
-        scaler.load_state_dict(saved)
+        scaler.load_state_dict(cast("dict[str, Any]", saved))
 
 
-def _calibrate(loss_fn: object, model: nn.Module, first_batch: Callable[[], Mapping[str, torch.Tensor]],
+def _calibrate(loss_fn: Any, model: nn.Module, first_batch: Callable[[], Mapping[str, torch.Tensor]],
                saved: Mapping | None, device: torch.device, world: int) -> None:
     """Give a calibrated objective its values: from the checkpoint when resuming, else measured on
     the first batch, then the same on every rank (rank 0's)."""
@@ -351,7 +352,7 @@ def train(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "amp": bool(amp), "step": result.step,
                 "history": result.history, "rng": _rng_state(),
-                "objective": loss_fn.calibration_state() if hasattr(loss_fn, "calibrate") else {},
+                "objective": cast(Any, loss_fn).calibration_state() if hasattr(loss_fn, "calibrate") else {},
             }, checkpoint_path)
         if world > 1:
             torch.distributed.barrier()

@@ -24,6 +24,7 @@ The command line that trains them is :mod:`cxlib.training.cli`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def _check_scales(scales: object) -> tuple[float, float]:
     values = tuple(float(v) for v in scales)
     if not all(v > 0 and v < float("inf") for v in values):
         raise ValueError(f"scales must be positive and finite, got {values}")
-    return values
+    return cast("tuple[float, float]", values)
 
 
 class _ScaledObjective(nn.Module):
@@ -125,6 +126,8 @@ class AnimationObjective(_ScaledObjective):
 
     GRAM_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 
+    target: torch.Tensor  # a buffer, (1, 3, H, W)
+
     def __init__(self, target: torch.Tensor, *, kind: str = "contextual", weights="imagenet",
                  band_width: float = 0.5, scales: tuple[float, float] | None = None) -> None:
         kind = check_choice("kind", kind, ("contextual", "gram"))
@@ -168,8 +171,8 @@ class AnimationObjective(_ScaledObjective):
         fo = self.vgg(output)
         with torch.no_grad():
             fs = self.vgg(source)
-        gram = sum(gram_loss(fo[l], self._target_features(l).expand(len(output), -1, -1, -1))
-                   for l in self.GRAM_LAYERS) / gram_scale
+        gram = cast(torch.Tensor, sum(gram_loss(fo[l], self._target_features(l).expand(len(output), -1, -1, -1))
+                   for l in self.GRAM_LAYERS)) / gram_scale
         content = perceptual_loss(fo["conv4_2"], fs["conv4_2"]) / perceptual_scale
         return gram + content, _as_float_logs({"gram^t": gram, "perceptual^s": content})
 

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -291,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def plot_measurements(record: dict):
+def plot_measurements(record: dict[str, Any]) -> Any:
     """Time and peak memory against N, one line per implementation, from a benchmark record
     (what ``--json`` writes). Failed or skipped sizes are left out of the lines."""
     import matplotlib.pyplot as plt

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torchvision.transforms.v2 import functional as TF
 from .._checks import check_nonnegative, check_tensor
 from .._optional import require
 from ..training.data import image_from_array
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "PHOTOGRAPHS",
@@ -194,7 +198,7 @@ def add_noise(images: torch.Tensor, sigma: float, *, generator: torch.Generator 
     return (images + check_nonnegative("sigma", sigma) * noise).clamp(0.0, 1.0)
 
 
-def to_numpy_image(image: torch.Tensor):
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) or (3, H, W) tensor -> (H, W, 3) NumPy array in [0, 1], for plotting."""
     if image.dim() == 4:
         image = image[0]

@@ -9,6 +9,7 @@ import base64
 import html
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,12 @@ import torch
 from .._optional import require
 from ..training.data import write_video
 from .images import to_numpy_image
+
+if TYPE_CHECKING:
+    from IPython.display import HTML
+    from matplotlib.figure import Figure
+
+    from ..contextual.matrices import ContextualMatrices
 
 __all__ = [
     "correspondence_field",
@@ -41,7 +48,7 @@ def _height_over_width(image) -> float:
 
 
 def show_images(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, *,
-                ncols: int | None = None, size: float = 2.6, suptitle: str | None = None):
+                ncols: int | None = None, size: float = 2.6, suptitle: str | None = None) -> Figure:
     """Draw images in a row or grid, without axes.
 
     Args:
@@ -123,9 +130,10 @@ def correspondence_field(best_match: torch.Tensor, source_shape: Sequence[int],
     return palette[best_match.detach().cpu().numpy()].reshape(*target_shape, 3)
 
 
-def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, source_shape,
-                        target_shape, *, title: str = "",
-                        names: tuple[str, str] = ("source x", "target y")):
+def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices: ContextualMatrices,
+                        source_shape: Sequence[int], target_shape: Sequence[int], *,
+                        title: str = "",
+                        names: tuple[str, str] = ("source x", "target y")) -> Figure:
     """Source and target images, the source's position colours, the correspondence field (which
     source position each target position matched) and its strength max_i CX_ij.
 
@@ -181,7 +189,7 @@ def show_correspondence(source: torch.Tensor, target: torch.Tensor, matrices, so
 
 
 def show_animation(frames: torch.Tensor, path: str | Path, *, fps: float = 8.0, alt: str = "",
-                   max_width: int = 720):
+                   max_width: int = 720) -> HTML:
     """Write frames to a GIF and show it inline: in the notebook, in Colab and on the book's
     HTML page (the GIF is embedded in the page, not linked).
 

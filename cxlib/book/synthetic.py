@@ -57,7 +57,8 @@ def synthetic_video(image: torch.Tensor, frames: int, *, shift: float = 0.12,
 
 
 def synthetic_faces(count: int, size: int, *, coloured_lips: bool = False, hair: bool = False,
-                    seed: int = 0, layout: bool = False):
+                    seed: int = 0, layout: bool = False,
+                    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drawn faces at random places: a skin-coloured head on a plain background, two eyes, a nose
     and a mouth, with (``coloured_lips=True``) or without (dark line) red lips.
 

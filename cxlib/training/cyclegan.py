@@ -372,7 +372,7 @@ class CycleGANObjective(nn.Module):
         self.cycle_weight = check_nonnegative("cycle_weight", cycle_weight)
         self.identity_weight = check_nonnegative("identity_weight", identity_weight)
 
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         a, b = batch["source"], batch["target"]
         out = model(a, b, identity=self.identity_weight > 0)
         adversarial = _least_squares(out.fake_b_score, 1.0) + _least_squares(out.fake_a_score, 1.0)

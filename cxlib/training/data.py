@@ -55,7 +55,7 @@ def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.resize(square, [size, size], antialias=True).clamp(0.0, 1.0)
 
 
-def image_from_array(array) -> torch.Tensor:
+def image_from_array(array: Any) -> torch.Tensor:
     """An image array as read from a file, as a (3, H, W) float32 tensor in [0, 1].
 
     Takes what image readers (imageio, Pillow, scikit-image) return: (H, W) grey, (H, W, C) with

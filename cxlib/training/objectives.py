@@ -161,12 +161,12 @@ class AnimationObjective(_ScaledObjective):
             perceptual = perceptual_loss(self.vgg(target)["conv4_2"].expand_as(fs["conv4_2"]), fs["conv4_2"])
         return float(gram), float(perceptual)
 
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         source = batch["source"]
         output = model(source)
         if self.kind == "contextual":
             terms = self.loss.terms(output, source=source)
-            return sum(terms.values()), _as_float_logs(terms)
+            return cast(torch.Tensor, sum(terms.values())), _as_float_logs(terms)
         gram_scale, perceptual_scale = self._known_scales()
         fo = self.vgg(output)
         with torch.no_grad():
@@ -225,7 +225,7 @@ class PuppetObjective(_ScaledObjective):
             perceptual = perceptual_loss(self.vgg(output)["conv5_2"], self.vgg(target)["conv5_2"])
             return float(l1_loss(output, target)), float(perceptual)
 
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         l1_scale, perceptual_scale = self._known_scales()
         output, target = model(batch["source"]), batch["target"]
         # One VGG pass each for the output and the target serves both terms.
@@ -290,12 +290,12 @@ class DomainTransferObjective(nn.Module):
         self.source_patches = check_nonnegative("source_patches", source_patches)
         self.patches = PatchFeatures(size=patch_size, stride=patch_stride)
 
-    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
+    def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         source = batch["source"]
         output = model(source)
         terms = self.loss.terms(output, target=batch["target"], source=source)
-        weighted = sum(self.loss.roles[role][layer] * terms[f"{role}/{layer}"]
-                       for role in ("target", "source") for layer in self.loss.roles[role])
+        weighted = cast(torch.Tensor, sum(self.loss.roles[role][layer] * terms[f"{role}/{layer}"]
+                       for role in ("target", "source") for layer in self.loss.roles[role]))
         if self.source_patches:
             terms["source/patches"] = contextual_loss(
                 self.patches(output), self.patches(source),

@@ -156,9 +156,6 @@ class PatchDiscriminator(nn.Module):
 
 
 class ImagePool(nn.Module):
-    images: torch.Tensor  # buffers
-    count: torch.Tensor
-
     """The history of generated images the discriminators see (Shrivastava et al., 2017).
 
     Until ``size`` images are stored, each image passes through and is stored. Then each image
@@ -184,6 +181,9 @@ class ImagePool(nn.Module):
         >>> torch.equal(pool(x), x), int(pool.count)  # not full yet: passes through, stored
         (True, 3)
     """
+
+    images: torch.Tensor  # buffers
+    count: torch.Tensor
 
     def __init__(self, size: int = 50) -> None:
         super().__init__()

@@ -102,7 +102,23 @@ _SCRIPT = r"""
 
 
 class PointsExplorer:
-    """The HTML of the in-page explorer; built by :func:`points_explorer`."""
+    """The HTML of the in-page explorer; built by :func:`points_explorer`.
+
+    Shown in a notebook or a built page, it draws the points and computes the contextual
+    similarity in the page's JavaScript, so it works without a kernel.
+
+    Args:
+        x: the generated points, each ``[a, b]``.
+        y: the target points.
+        log10_h: the starting band width, as its base-10 logarithm.
+        log10_eps: the starting eps, as its base-10 logarithm.
+        size: the side of the drawing, in pixels.
+
+    Example:
+        >>> from cxlib.book.explorer import PointsExplorer
+        >>> PointsExplorer([[1.0, 3.0]], [[1.0, 2.5], [3.5, 1.0]], -0.3, -5.0, 300)
+        <points explorer: 1 generated and 2 target points, h = 0.501187, eps = 1e-05>
+    """
 
     def __init__(self, x: list[list[float]], y: list[list[float]], log10_h: float,
                  log10_eps: float, size: int):

@@ -362,6 +362,7 @@ def _card_slug() -> str:
 def check_benchmark(out_dir: Path | None = None) -> str:
     _need_gpus()
     from .benchmark import run_benchmark
+    from .contextual.measured import fused_kernels_hash
 
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     implementations = ["full", "blocked", "fused"]
@@ -374,6 +375,8 @@ def check_benchmark(out_dir: Path | None = None) -> str:
         "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
         "channels": "128; 64 at N = 65,536", "batch": 1, "date": time.strftime("%Y-%m-%d"),
         "source": "python -m cxlib.gpu_check",
+        # which fused kernels were measured: "auto" uses a fused time only for the same kernels
+        "fused_kernels": fused_kernels_hash(),
         "measurements": [vars(m) for m in rows],
     }
     out_dir = out_dir or ROOT / "data" / "benchmarks"

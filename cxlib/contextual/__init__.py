@@ -8,8 +8,8 @@
 - :mod:`.paths`: which path computes CX(X, Y): :mod:`.full` (whole matrices, the reference),
   :mod:`.blocked` (blocks of rows) or :mod:`.fused` (Triton kernels, loaded only when used),
   whose check on the device is :mod:`.fused_check` and whose offline compile report is
-  :mod:`.fused_report`. Whether "auto" may take the fused path is
-  :data:`cxlib.contextual.paths.AUTO_USES_FUSED`.
+  :mod:`.fused_report`. What "auto" takes on a GPU comes from the stored benchmarks,
+  :mod:`.measured`.
 """
 
 from .bilateral import (ContextualBilateralLoss, contextual_bilateral_loss, position_grid,

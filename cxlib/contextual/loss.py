@@ -109,10 +109,12 @@ def contextual_loss(
         implementation: ``"full"`` holds the whole (Nx, N) matrices (the reference);
             ``"blocked"`` computes the same values and gradients in blocks of rows with
             O(block_size * N) memory; ``"fused"`` streams over tiles in Triton kernels with O(N)
-            memory (CUDA; cosine and L2; float32); ``"auto"`` takes the full path while
-            B * Nx * N is at most :data:`cxlib.contextual.paths.AUTO_FULL_MAX_ELEMENTS` and no ``block_size`` is given,
-            else the blocked one (and the fused one on CUDA if :data:`~cxlib.contextual.paths.AUTO_USES_FUSED` is set and
-            the kernels pass their check on the device, see :mod:`cxlib.contextual.fused_check`).
+            memory (CUDA; cosine and L2; float32); ``"auto"`` takes the blocked path when a
+            ``block_size`` is given; on a GPU that the stored benchmarks cover, the path measured
+            fastest at the nearest size (:mod:`cxlib.contextual.measured`; the fused one only
+            after its check on the device, see :mod:`cxlib.contextual.fused_check`); elsewhere
+            the full path while B * Nx * N is at most
+            :data:`cxlib.contextual.paths.AUTO_FULL_MAX_ELEMENTS`, else the blocked one.
         block_size: rows of the (Nx, N) matrix per block (blocked path); ``None`` picks one.
         sample_positions: if set, keep at most this many random positions of each map before
             comparing them, as the authors' code does above 65x65 (4225) positions. The same

@@ -1,25 +1,33 @@
 """Which path computes CX(X, Y): the full matrices, blocks of rows, or the fused kernels.
 
-The fused path's module loads Triton, so it is imported only when that path is asked for (or
-when "auto" may consider it, on CUDA with :data:`AUTO_USES_FUSED`).
+``"auto"`` chooses by the stored GPU measurements where they cover the card
+(:mod:`cxlib.contextual.measured`), and by the size of the problem elsewhere. The fused path's
+module loads Triton, so it is imported only when that path is asked for or "auto" considers it
+on CUDA.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from .blocked import blocked_similarity
 from .full import Term, full_similarity
+from .measured import (MeasuredSize, device_class, full_fits, fused_kernels_hash, load_table,
+                       measured_choice)
 from .settings import Settings
 
 __all__ = ["AUTO_FULL_MAX_ELEMENTS", "AUTO_USES_FUSED", "score_terms"]
 
-#: ``"auto"`` uses the full path while B * Nx * N is at most this (a 16 MiB float32 matrix).
+#: Without a measurement for the device (the CPU, a card no stored record covers), ``"auto"``
+#: uses the full path while B * Nx * N is at most this (a 16 MiB float32 matrix).
 AUTO_FULL_MAX_ELEMENTS = 1 << 22
-#: Whether ``"auto"`` may take the fused Triton kernels on CUDA. Off until a GPU benchmark shows
-#: them faster than the blocked path on cuBLAS (``python -m cxlib.gpu_check`` measures both).
-#: When on, the kernels are first checked on the device against the blocked path (see
-#: :mod:`cxlib.contextual.fused_check`) and "auto" falls back to the blocked path if they fail.
+#: Whether ``"auto"`` may take the fused Triton kernels on a CUDA card that no stored record
+#: covers. Off: without a measurement on the card there is no reason to prefer them. Where a
+#: record covers the card, the measurements decide (:mod:`cxlib.contextual.measured`). Either
+#: way the kernels are first checked on the device (see :mod:`cxlib.contextual.fused_check`) and
+#: "auto" falls back if they fail.
 AUTO_USES_FUSED = False
 
 
@@ -32,19 +40,51 @@ def _auto_fused_device(device: torch.device) -> bool:
     return fused_available(device)
 
 
+def _device_measurements(device: torch.device) -> tuple[tuple[MeasuredSize, ...], int] | None:
+    """The stored measurements of this device's class and its memory in bytes; ``None`` on the
+    CPU and on cards that no record covers."""
+    if device.type != "cuda":
+        return None
+    properties = torch.cuda.get_device_properties(device)
+    sizes = load_table().get(device_class(properties.name))
+    return None if not sizes else (sizes, properties.total_memory)
+
+
+def _fused_passes(terms: list[Term], settings: Settings) -> bool:
+    """Whether the fused kernels can compute these terms here and passed their device check."""
+    x_points, y_points = terms[0].x_points, terms[0].y_points
+    if not (len(terms) == 1 and settings.block_size is None and x_points.dtype != torch.float64
+            and _auto_fused_device(x_points.device)):
+        return False
+    from .fused import FUSED_DISTANCES, fits_fused
+    from .fused_check import fused_verdict
+
+    return (terms[0].distance in FUSED_DISTANCES and fits_fused(x_points.shape, y_points.shape)
+            and fused_verdict(x_points.device, terms[0].distance, x_points.dtype) is None)
+
+
 def _auto_implementation(terms: list[Term], settings: Settings) -> str:
     x_points, y_points = terms[0].x_points, terms[0].y_points
     batch, num_x, num_y = x_points.shape[0], x_points.shape[1], y_points.shape[1]
-    if (AUTO_USES_FUSED and len(terms) == 1 and settings.block_size is None
-            and x_points.dtype != torch.float64 and _auto_fused_device(x_points.device)):
-        from .fused import FUSED_DISTANCES, fits_fused
-        from .fused_check import fused_verdict
-
-        if (terms[0].distance in FUSED_DISTANCES and fits_fused(x_points.shape, y_points.shape)
-                and fused_verdict(x_points.device, terms[0].distance, x_points.dtype) is None):
-            return "fused"
-    full_fits = batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS
-    return "full" if full_fits and settings.block_size is None else "blocked"
+    if settings.block_size is not None:
+        return "blocked"
+    measured = _device_measurements(x_points.device)
+    if measured is not None:
+        sizes, memory = measured
+        allowed = {"blocked", "fused"}
+        if full_fits(batch, num_x, num_y, memory):
+            allowed.add("full")
+        channels = sum(term.x_points.shape[-1] for term in terms)
+        choose = functools.partial(measured_choice, sizes, batch=batch, num_x=num_x, num_y=num_y,
+                                   channels=channels, kernels=fused_kernels_hash())
+        choice = choose(allowed=allowed)
+        if choice == "fused" and not _fused_passes(terms, settings):
+            choice = choose(allowed=allowed - {"fused"})
+        if choice is not None:
+            return choice
+    if AUTO_USES_FUSED and _fused_passes(terms, settings):
+        return "fused"
+    return "full" if batch * num_x * num_y <= AUTO_FULL_MAX_ELEMENTS else "blocked"
 
 
 def _check_fused_applies(terms: list[Term]) -> None:

@@ -9,9 +9,9 @@ from .distances import CENTRINGS, DISTANCES
 
 __all__ = ["IMPLEMENTATIONS", "MIN_EPS", "Settings", "check_eps", "check_settings"]
 
-#: Values of ``implementation=``: ``"auto"`` picks ``"full"`` for small problems and
-#: ``"blocked"`` above (and ``"fused"`` on CUDA where :data:`cxlib.contextual.paths.AUTO_USES_FUSED`
-#: allows it).
+#: Values of ``implementation=``: ``"auto"`` picks by the stored GPU measurements on a card they
+#: cover (:mod:`cxlib.contextual.measured`), elsewhere ``"full"`` for small problems and
+#: ``"blocked"`` above.
 IMPLEMENTATIONS = ("auto", "full", "blocked", "fused")
 #: The smallest ``eps`` taken. Below it the result depends on the rounding of the distances
 #: (about 1e-7 in float32) more than on the features, and the gradients through Eq. 2, which

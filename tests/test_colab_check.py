@@ -85,7 +85,9 @@ def _runner():
 
 
 def test_runner_reads_the_chapters_in_the_tocs_order():
-    assert _runner().chapters() == NOTEBOOKS
+    # Resolved: under scripts/test-wheel the tests run from a copy of tests/ beside links to
+    # the checkout's book/ and scripts/, so the same chapter has two spellings.
+    assert [p.resolve() for p in _runner().chapters()] == [p.resolve() for p in NOTEBOOKS]
 
 
 def _notebook(tmp_path, name, *cells):

@@ -34,7 +34,7 @@ has no such case (its points have norm 1).
 The kernels run on CUDA; with ``TRITON_INTERPRET=1`` they also run (slowly) on the CPU, which is
 how the tests check them. Their launch settings (tile sizes, warps, stages, register cap) come
 from ``launch_config``; :mod:`cxlib.contextual.fused_report` (``python -m cxlib.contextual.fused_report``) compiles
-every variant for sm_80 and sm_90a without a GPU and reads registers and spills from ptxas.
+every variant for sm_75, sm_80 and sm_90a without a GPU and reads registers and spills from ptxas.
 """
 
 from __future__ import annotations

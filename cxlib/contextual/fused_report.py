@@ -1,6 +1,6 @@
 """Registers and spills of the fused Triton kernels, per launch variant and GPU architecture.
 
-    python -m cxlib.contextual.fused_report                  # sm_80 and sm_90a, every variant, a table
+    python -m cxlib.contextual.fused_report                  # sm_75, sm_80 and sm_90a, every variant, a table
     python -m cxlib.contextual.fused_report --json           # the rows as JSON (what the tests read)
     python -m cxlib.contextual.fused_report --num-warps 4    # other launch options, to compare
 
@@ -27,8 +27,9 @@ from typing import Any
 
 __all__ = ["DEFAULT_TARGETS", "compile_report", "format_report", "ptxas_path"]
 
-#: Compute capabilities checked by default: A100 (sm_80) and H100 (sm_90a).
-DEFAULT_TARGETS = (80, 90)
+#: Compute capabilities checked by default: T4 (sm_75, Colab's free tier), A100 (sm_80) and H100/H200
+#: (sm_90a).
+DEFAULT_TARGETS = (75, 80, 90)
 #: Pointer arguments to int32 data (the other pointers are to float32).
 _INT32_POINTERS = ("AM_out", "ROW_out", "BROW")
 #: float32 scalar arguments.
@@ -137,6 +138,9 @@ def _compile_one(job: dict[str, Any]) -> dict[str, Any]:
                                         options=dict(job["options"]))
         ptx = compiled.asm["ptx"]
         row["arch"] = re.search(r"\.target\s+(\w+)", ptx).group(1)  # type: ignore[union-attr]
+        # Tensor-core instructions: mma.sync (sm_75 and newer) and wgmma (sm_90a). The kernels
+        # ask for IEEE float32 products, which must compile to FMA, never to TF32 on tensor cores.
+        row["tensor_core_instructions"] = len(re.findall(r"^\s*(?:wgmma|mma)\.", ptx, re.M))
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "kernel.ptx"
             path.write_text(ptx)
@@ -158,10 +162,11 @@ def compile_report(targets: Iterable[int] = DEFAULT_TARGETS,
                    jobs: int | None = None) -> list[dict[str, Any]]:
     """Compile every variant (:func:`cxlib.contextual.fused.kernel_variants`) for every target capability
     and return one row per compilation: the variant, ``arch``, ``registers``, ``stack``,
-    ``spill_stores``, ``spill_loads`` (bytes), ``shared`` (bytes), ``seconds``, or ``error``.
+    ``spill_stores``, ``spill_loads`` (bytes), ``shared`` (bytes), ``tensor_core_instructions``
+    (mma and wgmma lines of the PTX), ``seconds``, or ``error``.
 
     Args:
-        targets: compute capabilities, e.g. (80, 90).
+        targets: compute capabilities, e.g. (75, 80, 90).
         variants: what to compile; default: every variant for 1-512 channels.
         options: launch options replacing the launches' own (``None`` values remove one), to
             compare settings.
@@ -215,7 +220,7 @@ def _points(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxlib.contextual.fused_report", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, nargs="+", default=None, metavar="CAPABILITY",
-                        help="compute capabilities (default: 80 90)")
+                        help="compute capabilities (default: 75 80 90)")
     parser.add_argument("--channels", type=_channels, default=None,
                         help="channel counts whose variants to compile, e.g. 1-512 or 3,64 (default: 1-512)")
     parser.add_argument("--points", type=_points, nargs="+", default=None, metavar="NXxN",

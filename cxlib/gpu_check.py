@@ -6,6 +6,9 @@ are present:
 - ``fused-vs-reference``: the fused Triton kernels against the float64 reference (the blocked
   path in float64) and the float32 blocked path, values and gradients, N = 1,024 to 16,384, and
   the check that ``implementation="auto"`` would run before using them;
+- ``tf32x3``: the kernels' opt-in three-TF32 products: their error against float64 (random
+  points and near-duplicates) and their time against the IEEE kernels and the full path, which
+  Triton's interpreter cannot measure (reported, not judged);
 - ``fused-second-gpu``: the same on ``cuda:1`` while ``cuda:0`` is the current device (two GPUs);
 - ``resume``: a short training run killed with SIGKILL and resumed, with and without AMP, ends
   where an uninterrupted run ends; a run saved without AMP resumes with it;
@@ -112,6 +115,70 @@ def check_fused_vs_reference() -> str:
     if bad:
         raise CheckFailed(f"the check 'auto' runs refused the kernels: {bad}")
     return "max relative errors (value/gradient): " + "; ".join(lines)
+
+
+def _time_ms(run, repeats: int = 5) -> float:
+    """Median milliseconds of ``run()`` on the current CUDA device, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def check_tf32x3() -> str:
+    """The opt-in precision="tf32x3" of the fused kernels (three TF32 products on tensor cores),
+    which Triton's interpreter cannot check: its error against float64 on random points and on
+    near-duplicates (x = y + 1e-4 noise), N = 4,096, C = 128, and its forward + backward time at
+    N = 16,384, C = 128 against the IEEE kernels and the full path, in the same run."""
+    _need_gpus()
+    from .contextual.fused import fused_available, fused_similarity
+    from .contextual.full import Term, full_similarity
+
+    device = torch.device("cuda", 0)
+    if not fused_available(device) or torch.cuda.get_device_capability(device) < (8, 0):
+        raise CheckSkipped("tf32x3 needs Triton and sm_80 or newer")
+    generator = torch.Generator().manual_seed(20180)
+    lines = []
+    for distance in ("cosine", "l2"):
+        for case in ("random", "near"):
+            y = torch.randn(1, 4096, 128, generator=generator)
+            x = y + 1e-4 * torch.randn(y.shape, generator=generator) if case == "near" else \
+                torch.randn(y.shape, generator=generator)
+            if distance == "cosine":
+                x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
+            xd, yd = x.double().to(device).requires_grad_(), y.double().to(device).requires_grad_()
+            want = full_similarity([Term(xd, yd, distance)], 0.5, 1e-5)
+            want_grads = torch.autograd.grad(want.sum(), (xd, yd))
+            errors = []
+            for precision in ("ieee", "tf32x3"):
+                xf, yf = x.to(device).requires_grad_(), y.to(device).requires_grad_()
+                got = fused_similarity(xf, yf, distance=distance, band_width=0.5, eps=1e-5,
+                                       precision=precision)
+                errors.append(_errors(got, torch.autograd.grad(got.sum(), (xf, yf)), want, want_grads))
+            lines.append(f"{distance} {case}: ieee {errors[0][0]:.1e}/{errors[0][1]:.1e}, "
+                         f"tf32x3 {errors[1][0]:.1e}/{errors[1][1]:.1e}")
+    x = torch.randn(1, 16384, 128, device=device)
+    y = torch.randn(1, 16384, 128, device=device)
+    x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
+
+    def pass_of(compute):
+        def run():
+            xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+            torch.autograd.grad(compute(xr, yr).sum(), (xr, yr))
+        return run
+
+    times = {precision: _time_ms(pass_of(lambda a, b, p=precision: fused_similarity(
+        a, b, distance="cosine", band_width=0.5, eps=1e-5, precision=p)))
+        for precision in ("ieee", "tf32x3")}
+    times["full"] = _time_ms(pass_of(lambda a, b: full_similarity([Term(a, b, "cosine")], 0.5, 1e-5)))
+    lines.append("N=16,384 C=128 cosine fwd+bwd: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()))
+    return "value/gradient errors vs float64; " + "; ".join(lines)
 
 
 def check_fused_second_gpu() -> str:
@@ -410,6 +477,7 @@ class Check:
 #: The checks, in the order they run.
 CHECKS = (
     Check("fused-vs-reference", check_fused_vs_reference),
+    Check("tf32x3", check_tf32x3),
     Check("fused-second-gpu", check_fused_second_gpu),
     Check("resume", check_resume),
     Check("amp", check_amp),

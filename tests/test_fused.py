@@ -102,3 +102,53 @@ def test_inputs_beyond_32_bit_offsets_are_refused_not_misread():
             cxlib.contextual.fused.fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5)
     assert cxlib.contextual.fused.fits_fused((2, 2**24 - 1, 64), (2, 16, 64))
     assert not cxlib.contextual.fused.fits_fused((2, 2**24, 64), (2, 16, 64))
+
+
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+@pytest.mark.parametrize("near", [False, True], ids=["random", "near-duplicates"])
+def test_tf32x3_products_keep_the_float64_tolerances(distance, near):
+    """precision="tf32x3" (an opt-in of fused_similarity): values and gradients within the IEEE
+    kernels' tolerances of the float64 full path, at C = 64 (a count where tf32x3 applies), on
+    random points and on near-duplicates (x = y + 1e-4 noise). Triton's interpreter computes every
+    product in float32 whatever is asked (the values differ from the IEEE kernels' only by the
+    order of the sums, BLOCK_C 16 against 32), so on the CPU this guards the plumbing;
+    CXLIB_TEST_DEVICE=cuda measures tf32x3 itself."""
+    from cxlib.contextual.fused import fused_similarity
+    from cxlib.contextual.full import Term, full_similarity
+
+    g = torch.Generator().manual_seed(7)
+    y = torch.randn(2, 45, 64, generator=g)
+    x = y[:, :37] + 1e-4 * torch.randn(2, 37, 64, generator=g) if near else torch.randn(2, 37, 64, generator=g)
+    if distance == "cosine":
+        x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
+    upstream = torch.tensor([1.0, -0.5])
+    results = {}
+    for precision in ("ieee", "tf32x3"):
+        xf, yf = x.to(DEVICE).requires_grad_(), y.to(DEVICE).requires_grad_()
+        value = fused_similarity(xf, yf, distance=distance, band_width=0.5, eps=1e-5, precision=precision)
+        results[precision] = (value, *torch.autograd.grad(value, (xf, yf), upstream.to(DEVICE)))
+    xd, yd = x.double().requires_grad_(), y.double().requires_grad_()
+    want = full_similarity([Term(xd, yd, distance)], 0.5, 1e-5)
+    want = (want, *torch.autograd.grad(want, (xd, yd), upstream.double()))
+    got = results["tf32x3"]
+    torch.testing.assert_close(got[0].double().cpu(), want[0], rtol=1e-5, atol=0)
+    for grad, reference in zip(got[1:], want[1:]):
+        scale = reference.abs().max().item()
+        torch.testing.assert_close(grad.double().cpu(), reference, rtol=1e-4, atol=1e-4 * scale)
+    if DEVICE == "cpu":  # float32, not TF32 (one TF32 product would be off by about 1e-3)
+        torch.testing.assert_close(got[0], results["ieee"][0], rtol=1e-6, atol=0)
+
+
+def test_precision_is_checked():
+    from cxlib.contextual.fused import fused_similarity, launch_config
+
+    x = torch.randn(1, 5, 32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"precision must be one of \('ieee', 'tf32x3'\), got 'tf32'"):
+        fused_similarity(x, x, distance="cosine", band_width=0.5, eps=1e-5, precision="tf32")
+    with pytest.raises(ValueError, match=r"precision must be one of \('ieee', 'tf32x3'\), got 'bf16'"):
+        launch_config("_row_stats", 32, "cosine", "bf16")
+    # tf32x3 only where the channels are a multiple of 16 above 16 (elsewhere its variants spilled).
+    assert [launch_config("_grad_x", c, "l2", "tf32x3")["PRECISION"] for c in (16, 17, 32, 48, 512)] == \
+        ["ieee", "ieee", "tf32x3", "tf32x3", "tf32x3"]
+    assert launch_config("_grad_x", 64, "l2", "tf32x3")["BLOCK_CO"] == 16
+    assert launch_config("_grad_x", 64, "l2", "ieee")["BLOCK_CO"] == 64

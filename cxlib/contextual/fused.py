@@ -24,7 +24,9 @@ the same 64 x 64 tiles, and the l2 clamp at a row's minimum is decided in the fo
 (m_i < 0), so the forward and backward agree on it.
 
 Everything is float32 and the tile products use IEEE float32 (no TF32): Eq. 2 divides by a
-small minimum distance and amplifies rounding. Distances: ``"cosine"`` and ``"l2"``. Unlike the
+small minimum distance and amplifies rounding. (Three TF32 products, ``precision="tf32x3"``, are
+an explicit opt-in of :func:`fused_similarity` whose error is yet to be measured on a GPU; see
+:data:`FUSED_PRECISIONS`.) Distances: ``"cosine"`` and ``"l2"``. Unlike the
 full and blocked paths, the kernels do not recompute in float64 the l2 rows whose minimum is
 within the expansion's own rounding (:data:`cxlib.contextual.distances.L2_REFINE_RATIO`): with
 l2 on features of large norm whose nearest targets are tied to within about 1e-7 of
@@ -40,6 +42,7 @@ every variant for sm_75, sm_80 and sm_90a without a GPU and reads registers and 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -49,11 +52,20 @@ from typing import Any, cast
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_DISTANCES", "KERNELS", "MIN_TRITON", "fused_available", "fused_similarity",
-           "kernel_variants", "launch_config"]
+__all__ = ["FUSED_DISTANCES", "FUSED_PRECISIONS", "KERNELS", "MIN_TRITON", "fused_available",
+           "fused_similarity", "kernel_variants", "launch_config"]
 
 #: Distances the fused kernels implement (the others use the blocked path).
 FUSED_DISTANCES = ("cosine", "l2")
+#: How the kernels' tile products are computed (Triton's ``input_precision``): ``"ieee"``, float32
+#: FMA (the default, and the only one "auto" or the loss functions use); ``"tf32x3"``, three TF32
+#: products on tensor cores (sm_80 and newer) that come near float32's accuracy. ``"tf32x3"`` is an
+#: explicit opt-in of :func:`fused_similarity` alone, until the GPU check (``python -m
+#: cxlib.gpu_check``, check ``tf32x3``) has measured its error and speed on a card: Triton's
+#: interpreter computes every product in plain float32 whatever is asked, so the tests here cannot
+#: see its error. On sm_75 (no TF32) Triton computes it as IEEE float32.
+#: Where the channel count is not a multiple of 16 above 16 the products stay IEEE whatever is asked.
+FUSED_PRECISIONS = ("ieee", "tf32x3")
 
 #: Oldest Triton the kernels compile with: ``tl.dot(..., input_precision=...)`` came in Triton 3.0
 #: (the one torch 2.4 ships).
@@ -108,7 +120,7 @@ if triton is not None:
     def _tile_raw_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
                            sxb, sxn, sxc, syb, syn, syc,
                            IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
+                           BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
         """d for a (BLOCK_M, BLOCK_N) tile before l2's clamp: |x|^2 + |y|^2 - 2 x.y (which
         rounding can take below 0), or 1 - x.y."""
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -119,7 +131,7 @@ if triton is not None:
                         mask=row_ok[:, None] & ch_ok[None, :], other=0.0)
             y = tl.load(Y + b * syb + cols[:, None] * syn + ch[None, :] * syc,
                         mask=col_ok[:, None] & ch_ok[None, :], other=0.0)
-            acc += tl.dot(x, tl.trans(y), input_precision="ieee")
+            acc += tl.dot(x, tl.trans(y), input_precision=PRECISION)
         if IS_L2:
             xn = tl.load(XN + rows, mask=row_ok, other=0.0)  # XN, YN: this sample's norms
             yn = tl.load(YN + cols, mask=col_ok, other=0.0)
@@ -130,10 +142,10 @@ if triton is not None:
     def _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
                        sxb, sxn, sxc, syb, syn, syc,
                        IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_C: tl.constexpr):
+                       BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
         """d for a (BLOCK_M, BLOCK_N) tile, and a mask of the entries not clamped (l2)."""
         raw = _tile_raw_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
-                                 sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+                                 sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION)
         if IS_L2:
             return tl.maximum(raw, 0.0), raw >= 0.0
         return raw, raw == raw
@@ -142,12 +154,12 @@ if triton is not None:
     def _tile_similarity(X, Y, XN, YN, M, LSE, b, rows, cols, row_ok, col_ok, Nx, C,
                          sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                          IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+                         BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
         """CX_ij for a tile, rebuilt from the distances and the rows' saved statistics (their
         minimum and log-normaliser), the distances, and the l2 clamp mask."""
         d, unclamped = _tile_distance(X, Y, XN, YN, b, rows, cols, row_ok, col_ok, C,
                                       sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
-                                      BLOCK_C)
+                                      BLOCK_C, PRECISION)
         minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
         lse = tl.load(LSE + b * Nx + rows, mask=row_ok, other=0.0)
         den = tl.maximum(minimum, 0.0) + eps
@@ -157,7 +169,7 @@ if triton is not None:
     def _tile_grad_distance(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, b, rows, cols, row_ok, col_ok,
                             Nx, N, C, sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                             IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_C: tl.constexpr):
+                            BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
         """dL/dd_ik for a tile through the softmax and the max (not through the row minimum):
         CX_ik (r_i - [i is column k's best row] g) / (h den_i), with r_i = g sum of CX_ij over
         the columns j whose best row is i, and g = dL/dbest_j (the same for every column);
@@ -169,7 +181,7 @@ if triton is not None:
         best_k, the very number r_i was summed from."""
         cx, d, unclamped = _tile_similarity(X, Y, XN, YN, M, LSE, b, rows, cols, row_ok,
                                             col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc, inv_h,
-                                            eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+                                            eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION)
         minimum = tl.load(M + b * Nx + rows, mask=row_ok, other=0.0)
         r = tl.load(R + b * Nx + rows, mask=row_ok, other=0.0)
         best = tl.load(BEST + b * N + cols, mask=col_ok, other=0.0)
@@ -185,7 +197,7 @@ if triton is not None:
     def _row_stats(X, Y, XN, YN, M_out, AM_out, LSE_out, Nx, N, C,
                    sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                    IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
+                   BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
         pid, b = tl.program_id(0), tl.program_id(1)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < Nx
@@ -200,7 +212,7 @@ if triton is not None:
             col_ok = cols < N
             raw = _tile_raw_distance(X, Y, xn_ptr, yn_ptr, b, rows, cols, row_ok, col_ok, C,
                                      sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N,
-                                     BLOCK_C)
+                                     BLOCK_C, PRECISION)
             raw = tl.where(col_ok[None, :], raw, float("inf"))
             tile_min = tl.min(raw, axis=1)
             tile_where = tl.argmin(raw, axis=1).to(tl.int32) + n0
@@ -217,7 +229,7 @@ if triton is not None:
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < N
             d, _ = _tile_distance(X, Y, xn_ptr, yn_ptr, b, rows, cols, row_ok, col_ok, C,
-                                  sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+                                  sxb, sxn, sxc, syb, syn, syc, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION)
             e = tl.exp((1.0 - d / den[:, None]) * inv_h - top[:, None])
             e = tl.where(col_ok[None, :], e, 0.0)
             total += tl.sum(e, axis=1)
@@ -230,7 +242,7 @@ if triton is not None:
     def _column_max(X, Y, XN, YN, M, LSE, BEST_out, ROW_out, Nx, N, C,
                     sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                     IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
+                    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
         pid, b = tl.program_id(0), tl.program_id(1)
         cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < N
@@ -241,7 +253,7 @@ if triton is not None:
             row_ok = rows < Nx
             cx, _, _ = _tile_similarity(X, Y, XN + b * Nx, YN + b * N, M, LSE, b, rows, cols,
                                         row_ok, col_ok, Nx, C, sxb, sxn, sxc, syb, syn, syc,
-                                        inv_h, eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C)
+                                        inv_h, eps, IS_L2, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION)
             cx = tl.where(row_ok[:, None], cx, -1.0)
             tile_best = tl.max(cx, axis=0)
             tile_row = tl.argmax(cx, axis=0).to(tl.int32) + m0
@@ -255,7 +267,8 @@ if triton is not None:
     def _grad_x(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, GX_out, PSUM_out, PD_out, Nx, N, C,
                 sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                 IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
+                BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
+                PRECISION: tl.constexpr):
         """(P @ Y)[rows, channel block], and the row sums of P and of P * d, with P = dL/dd
         (_tile_grad_distance). sum_k P_ik d_ik is the gradient through the row minimum (times
         -den_i), summed entry by entry: at a match its terms are 0, where t_i - r_i q_i of
@@ -274,10 +287,10 @@ if triton is not None:
             p, d = _tile_grad_distance(X, Y, XN + b * Nx, YN + b * N, M, LSE, R, BEST, BROW, G,
                                        b, rows, cols, row_ok, col_ok, Nx, N, C, sxb, sxn, sxc,
                                        syb, syn, syc, inv_h, eps, IS_L2, BLOCK_M, BLOCK_N,
-                                       BLOCK_C)
+                                       BLOCK_C, PRECISION)
             y = tl.load(Y + b * syb + cols[:, None] * syn + out_ch[None, :] * syc,
                         mask=col_ok[:, None] & out_ok[None, :], other=0.0)
-            acc += tl.dot(p, y, input_precision="ieee")
+            acc += tl.dot(p, y, input_precision=PRECISION)
             psum += tl.sum(p, axis=1)
             pd += tl.sum(p * d, axis=1)
         tl.store(GX_out + b * Nx * C + rows[:, None] * C + out_ch[None, :], acc,
@@ -290,7 +303,8 @@ if triton is not None:
     def _grad_y(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, GY_out, PSUM_out, Nx, N, C,
                 sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
                 IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr):
+                BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
+                PRECISION: tl.constexpr):
         """(P^T @ X)[cols, channel block] and the column sums of P."""
         pid, pc, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -305,10 +319,10 @@ if triton is not None:
             p, _ = _tile_grad_distance(X, Y, XN + b * Nx, YN + b * N, M, LSE, R, BEST, BROW, G,
                                        b, rows, cols, row_ok, col_ok, Nx, N, C, sxb, sxn, sxc,
                                        syb, syn, syc, inv_h, eps, IS_L2, BLOCK_M, BLOCK_N,
-                                       BLOCK_C)
+                                       BLOCK_C, PRECISION)
             x = tl.load(X + b * sxb + rows[:, None] * sxn + out_ch[None, :] * sxc,
                         mask=row_ok[:, None] & out_ok[None, :], other=0.0)
-            acc += tl.dot(tl.trans(p), x, input_precision="ieee")
+            acc += tl.dot(tl.trans(p), x, input_precision=PRECISION)
             psum += tl.sum(p, axis=0)
         tl.store(GY_out + b * N * C + cols[:, None] * C + out_ch[None, :], acc,
                  mask=col_ok[:, None] & out_ok[None, :])
@@ -346,31 +360,56 @@ _OPTIONS = {
     "_grad_x": dict(num_warps=16, num_stages=1, maxnreg=128),
     "_grad_y": dict(num_warps=16, num_stages=1, maxnreg=128),
 }
+#: With precision="tf32x3" each tile product is three tensor-core (mma) products of operands split
+#: into high and low TF32 halves, which takes more registers: by a ptxas sweep here (Triton 3.8),
+#: BLOCK_C = 32 or BLOCK_CO = 32 spill on sm_80 with 4 or 8 warps, and 16 for both with 8 warps
+#: spills on neither sm_80 nor sm_90a where the channel count is a multiple of 16 above 16 (VGG's
+#: 64 to 512 are). Other counts spilled in _grad_y on sm_80 (2 and 17 channels, with 4, 8 or 16
+#: warps), so there the products stay IEEE. Not yet timed on a GPU: chosen for no spills, not for
+#: speed.
+_TF32X3_BLOCK_C = 16
+_TF32X3_BLOCK_CO = 16
+_TF32X3_OPTIONS = dict(num_warps=8, num_stages=1, maxnreg=255)
 #: Keys of launch_config's dict that are launch options (the others are the kernels' constexprs).
 _OPTION_NAMES = ("num_warps", "num_stages", "maxnreg")
+
+
+def _tf32x3_applies(channels: int) -> bool:
+    """Whether precision="tf32x3" is used for this channel count (else IEEE, see above)."""
+    return channels > _BLOCK_C_FEW and channels % _TF32X3_BLOCK_C == 0
 
 
 def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def launch_config(kernel: str, channels: int, distance: str) -> dict[str, Any]:
+def launch_config(kernel: str, channels: int, distance: str,
+                  precision: str = "ieee") -> dict[str, Any]:
     """The constexprs and launch options with which ``kernel`` (a name in :data:`KERNELS`) is
-    launched for points with ``channels`` channels and ``distance``: ``IS_L2``, ``BLOCK_M``,
-    ``BLOCK_N``, ``BLOCK_C``, ``BLOCK_CO`` (gradient kernels) and ``num_warps`` (with
-    ``num_stages`` and ``maxnreg`` where set), as keyword arguments of the launch.
+    launched for points with ``channels`` channels, ``distance`` and tile products in
+    ``precision`` (:data:`FUSED_PRECISIONS`): ``IS_L2``, ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_C``,
+    ``PRECISION``, ``BLOCK_CO`` (gradient kernels) and ``num_warps`` (with ``num_stages`` and
+    ``maxnreg`` where set), as keyword arguments of the launch.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if distance not in FUSED_DISTANCES:
         raise ValueError(f"distance must be one of {FUSED_DISTANCES}, got {distance!r}")
+    if precision not in FUSED_PRECISIONS:
+        raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
     config = dict(IS_L2=distance == "l2", BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
-                  BLOCK_C=_BLOCK_C if channels > _BLOCK_C_FEW else _BLOCK_C_FEW)
+                  BLOCK_C=_BLOCK_C if channels > _BLOCK_C_FEW else _BLOCK_C_FEW,
+                  PRECISION=precision if _tf32x3_applies(channels) else "ieee")
     if kernel in _GRADIENT_KERNELS:
         config["BLOCK_CO"] = min(_BLOCK_CO_MAX, max(_BLOCK_CO_MIN, _next_power_of_2(channels)))
     config.update(_OPTIONS[kernel])
+    if precision == "tf32x3" and _tf32x3_applies(channels):
+        config["BLOCK_C"] = _TF32X3_BLOCK_C
+        if kernel in _GRADIENT_KERNELS:
+            config["BLOCK_CO"] = _TF32X3_BLOCK_CO
+        config.update(_TF32X3_OPTIONS)
     if torch.version.hip is not None:  # ROCm's "cuda" devices: Triton's AMD backend has no maxnreg
         config.pop("maxnreg", None)
     return config
@@ -403,7 +442,8 @@ DEFAULT_POINTS = ((49, 49), (1024, 1024))
 
 def kernel_variants(channels: Iterable[int] = range(1, 513),
                     points: Iterable[tuple[int, int]] = DEFAULT_POINTS,
-                    distances: Iterable[str] = FUSED_DISTANCES) -> list[dict[str, Any]]:
+                    distances: Iterable[str] = FUSED_DISTANCES,
+                    precisions: Iterable[str] = FUSED_PRECISIONS) -> list[dict[str, Any]]:
     """Every distinct compilation of the kernels that the launches make for these channel counts
     and (Nx, N) point counts: the constexprs and options of :func:`launch_config` and how Triton
     specialises the integer arguments (sizes and strides equal to 1, or multiples of 16). One
@@ -412,18 +452,18 @@ def kernel_variants(channels: Iterable[int] = range(1, 513),
     or multiples of 16, e.g. ``"C=16 sxc=1"``), in a stable order.
     """
     variants: dict[Any, Any] = {}
-    for kernel in KERNELS:
-        for distance in distances:
-            for num_x, num_y in points:
-                for c in channels:
-                    constexprs, options = _split_config(launch_config(kernel, c, distance))
-                    ints = _int_args(num_x, num_y, c)
-                    spec = " ".join(f"{k}={_specialization(v)}" for k, v in ints.items()
-                                    if _specialization(v))
-                    key = (kernel, distance, tuple(constexprs.items()), tuple(options.items()), spec)
-                    variants.setdefault(key, dict(kernel=kernel, distance=distance,
-                                                  constexprs=constexprs, options=options,
-                                                  shape=(num_x, num_y, c), specialization=spec))
+    channels, points = list(channels), list(points)
+    for kernel, distance, precision in itertools.product(KERNELS, distances, precisions):
+        for num_x, num_y in points:
+            for c in channels:
+                constexprs, options = _split_config(launch_config(kernel, c, distance, precision))
+                ints = _int_args(num_x, num_y, c)
+                spec = " ".join(f"{k}={_specialization(v)}" for k, v in ints.items()
+                                if _specialization(v))
+                key = (kernel, distance, tuple(constexprs.items()), tuple(options.items()), spec)
+                variants.setdefault(key, dict(kernel=kernel, distance=distance,
+                                              constexprs=constexprs, options=options,
+                                              shape=(num_x, num_y, c), specialization=spec))
     return list(variants.values())
 
 
@@ -448,7 +488,7 @@ def _on_device_of(tensor: torch.Tensor):
 
 class _FusedSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, distance, band_width, eps):
+    def forward(ctx, x, y, distance, band_width, eps, precision):
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         _, xn, yn, strides = _launch_args(x, y, distance)
@@ -459,14 +499,14 @@ class _FusedSimilarity(torch.autograd.Function):
         best = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
         best_row = torch.empty(batch, num_y, device=x.device, dtype=torch.int32)
         with _on_device_of(x):
-            config = launch_config("_row_stats", channels, distance)
+            config = launch_config("_row_stats", channels, distance, precision)
             grid = (triton.cdiv(num_x, config["BLOCK_M"]), batch)
             _row_stats[grid](x, y, xn, yn, m, am, lse, *common, **config)
-            config = launch_config("_column_max", channels, distance)
+            config = launch_config("_column_max", channels, distance, precision)
             grid = (triton.cdiv(num_y, config["BLOCK_N"]), batch)
             _column_max[grid](x, y, xn, yn, m, lse, best, best_row, *common, **config)
         ctx.save_for_backward(x, y, m, am.long(), lse, best, best_row)
-        ctx.settings = (distance, band_width, eps)
+        ctx.settings = (distance, band_width, eps, precision)
         return best.mean(dim=-1)
 
     @staticmethod
@@ -474,7 +514,7 @@ class _FusedSimilarity(torch.autograd.Function):
     def backward(ctx, grad_score):
         x, y, m, am, lse, best, best_row_32 = ctx.saved_tensors
         best_row = best_row_32.long()
-        distance, band_width, eps = ctx.settings
+        distance, band_width, eps, precision = ctx.settings
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         h = band_width
@@ -495,7 +535,7 @@ class _FusedSimilarity(torch.autograd.Function):
         py = torch.empty(batch, num_x, channels, device=x.device, dtype=torch.float32)
         psum = torch.empty_like(m)
         pd = torch.empty_like(m)
-        config = launch_config("_grad_x", channels, distance)
+        config = launch_config("_grad_x", channels, distance, precision)
         channel_blocks = triton.cdiv(channels, config["BLOCK_CO"]) if need_x else 1
         grid = (triton.cdiv(num_x, config["BLOCK_M"]), channel_blocks, batch)
         with _on_device_of(x):
@@ -513,13 +553,13 @@ class _FusedSimilarity(torch.autograd.Function):
         if need_y:
             px = torch.empty(batch, num_y, channels, device=x.device, dtype=torch.float32)
             psum = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
-            config = launch_config("_grad_y", channels, distance)
+            config = launch_config("_grad_y", channels, distance, precision)
             grid = (triton.cdiv(num_y, config["BLOCK_N"]), triton.cdiv(channels, config["BLOCK_CO"]), batch)
             with _on_device_of(x):
                 _grad_y[grid](x, y, xn, yn, *saved, px, psum, *common, **config)
             grad_y = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
             grad_y = grad_y + _row_minimum_to_y(is_l2, x, y, am, row_value)
-        return grad_x, grad_y, None, None, None
+        return grad_x, grad_y, None, None, None, None
 
 
 def _row_minimum_to_x(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
@@ -563,15 +603,19 @@ def check_fused_size(x_shape: Sequence[int], y_shape: Sequence[int]) -> None:
 
 
 def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance: str,
-                     band_width: float, eps: float) -> torch.Tensor:
+                     band_width: float, eps: float, precision: str = "ieee") -> torch.Tensor:
     """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C), (B, N, C), with the fused
-    kernels. float32 in and out (other dtypes are converted)."""
+    kernels. float32 in and out (other dtypes are converted). ``precision`` is how the tile
+    products are computed (:data:`FUSED_PRECISIONS`; ``"tf32x3"`` is an unmeasured opt-in)."""
     check_fused_size(x_points.shape, y_points.shape)
     problem = _triton_problem()
     if problem is not None:
         raise RuntimeError(f"the fused path cannot run: {problem}")
     if distance not in FUSED_DISTANCES:
         raise ValueError(f"the fused path implements {FUSED_DISTANCES}, got distance={distance!r}")
+    if precision not in FUSED_PRECISIONS:
+        raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
     x = x_points.float().contiguous()
     y = y_points.float().contiguous()
-    return cast(torch.Tensor, _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps)))
+    return cast(torch.Tensor, _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps),
+                                                     precision))

@@ -138,9 +138,10 @@ def _compile_one(job: dict[str, Any]) -> dict[str, Any]:
                                         options=dict(job["options"]))
         ptx = compiled.asm["ptx"]
         row["arch"] = re.search(r"\.target\s+(\w+)", ptx).group(1)  # type: ignore[union-attr]
-        # Tensor-core instructions: mma.sync (sm_75 and newer) and wgmma (sm_90a). The kernels
-        # ask for IEEE float32 products, which must compile to FMA, never to TF32 on tensor cores.
-        row["tensor_core_instructions"] = len(re.findall(r"^\s*(?:wgmma|mma)\.", ptx, re.M))
+        # Tensor-core instructions: mma.sync (sm_75 and newer) and wgmma (sm_90a). IEEE float32
+        # products must compile to FMA, never to TF32 on tensor cores; tf32x3 ones to mma/wgmma.
+        row["mma"] = len(re.findall(r"^\s*mma\.", ptx, re.M))
+        row["wgmma"] = len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.M))
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "kernel.ptx"
             path.write_text(ptx)
@@ -162,8 +163,8 @@ def compile_report(targets: Iterable[int] = DEFAULT_TARGETS,
                    jobs: int | None = None) -> list[dict[str, Any]]:
     """Compile every variant (:func:`cxlib.contextual.fused.kernel_variants`) for every target capability
     and return one row per compilation: the variant, ``arch``, ``registers``, ``stack``,
-    ``spill_stores``, ``spill_loads`` (bytes), ``shared`` (bytes), ``tensor_core_instructions``
-    (mma and wgmma lines of the PTX), ``seconds``, or ``error``.
+    ``spill_stores``, ``spill_loads`` (bytes), ``shared`` (bytes), ``mma`` and ``wgmma`` (the
+    PTX's tensor-core instructions), ``seconds``, or ``error``.
 
     Args:
         targets: compute capabilities, e.g. (75, 80, 90).

@@ -253,22 +253,24 @@ def test_precomputed_sliders_work_on_the_page(browser, site, name):
         page.close()
 
 
+# (x, y, log10 h, log10 eps). Four generated and four target points (the chapter's count): the
+# chapter's own, a spread with a large eps, and one with exact copies (d = 0) and the smallest eps.
+EXPLORER_CONFIGURATIONS = [
+    ([[1.1, 3.2], [3.1, 3.3], [2.2, 0.7], [3.0, 1.0]], [[1, 3], [3, 3.6], [2, 1], [4, 1.4]], -0.3, -5),
+    ([[0.0, 0.0], [1.0, 0.2], [0.3, 1.0], [0.7, 0.6]], [[0.0, 0.1], [1.0, 0.0], [0.5, 0.5], [0.2, 0.9]], -1.0, -2),
+    ([[2.0, 2.0], [1.0, 3.0], [0.0, 1.0], [2.5, 0.5]], [[2.0, 2.0], [1.0, 3.0], [0.5, 1.0], [3.0, 0.0]], 0.0, -8),
+    # Points 1e-3 from their targets: d ~ 1e-7, so eps decides Eq. 2's denominator.
+    ([[1.0, 3.001], [3.0, 3.601], [2.001, 1.0], [4.0, 1.401]], [[1, 3], [3, 3.6], [2, 1], [4, 1.4]], -0.3, -6),
+]
+
+
 def _explorer_matches_cxlib(page, root_selector: str):
     """Set known configurations in the explorer and compare its numbers with cxlib's."""
     import torch
 
     import cxlib
 
-    # Four generated and four target points (the chapter's count): the chapter's own, a
-    # spread with a large eps, and one with exact copies (d = 0) and the smallest eps.
-    configurations = [
-        ([[1.1, 3.2], [3.1, 3.3], [2.2, 0.7], [3.0, 1.0]], [[1, 3], [3, 3.6], [2, 1], [4, 1.4]], -0.3, -5),
-        ([[0.0, 0.0], [1.0, 0.2], [0.3, 1.0], [0.7, 0.6]], [[0.0, 0.1], [1.0, 0.0], [0.5, 0.5], [0.2, 0.9]], -1.0, -2),
-        ([[2.0, 2.0], [1.0, 3.0], [0.0, 1.0], [2.5, 0.5]], [[2.0, 2.0], [1.0, 3.0], [0.5, 1.0], [3.0, 0.0]], 0.0, -8),
-        # Points 1e-3 from their targets: d ~ 1e-7, so eps decides Eq. 2's denominator.
-        ([[1.0, 3.001], [3.0, 3.601], [2.001, 1.0], [4.0, 1.401]], [[1, 3], [3, 3.6], [2, 1], [4, 1.4]], -0.3, -6),
-    ]
-    for x, y, log10_h, log10_eps in configurations:
+    for x, y, log10_h, log10_eps in EXPLORER_CONFIGURATIONS:
         page.evaluate("([sel, x, y, lh, le]) => document.querySelector(sel).cxlibSet(x, y, lh, le)",
                       [root_selector, x, y, log10_h, log10_eps])
         used = page.evaluate("(sel) => JSON.parse(document.querySelector(sel).dataset.points)",
@@ -312,7 +314,11 @@ def test_the_explorer_on_chapter_2_works(browser, site):
     try:
         assert page.evaluate("() => document.querySelectorAll('.cxlib-explorer').length") == 1
         _explorer_matches_cxlib(page, ".cxlib-explorer")
-        # Dragging a point moves it and changes the score.
+        # Dragging a point moves it and changes the score, from the chapter's own points: in the
+        # last configuration above each x lies 1e-3 from its y, whose marker covers it, so the
+        # mouse took y_1 (the score stayed 1 to 11 digits).
+        page.evaluate("([sel, x, y, lh, le]) => document.querySelector(sel).cxlibSet(x, y, lh, le)",
+                      [".cxlib-explorer", *EXPLORER_CONFIGURATIONS[0]])
         before = page.evaluate("() => document.querySelector('.cxlib-explorer-score').dataset.value")
         marker = page.locator(".cxlib-explorer g[data-kind=x]").first
         marker.scroll_into_view_if_needed()

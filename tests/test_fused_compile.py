@@ -113,7 +113,7 @@ def test_launch_config_block_co_and_variants():
         fused.launch_config("_grad_x", 64, "l1")
     variants = fused.kernel_variants()
     for v in variants:  # each variant is what launch_config gives for its example shape
-        config = fused.launch_config(v["kernel"], v["shape"][2], v["distance"])
+        config = fused.launch_config(v["kernel"], v["shape"][2], v["distance"], v["constexprs"]["PRECISION"])
         assert config == {**v["constexprs"], **v["options"]}
     assert len({(v["kernel"], v["distance"], v["constexprs"].get("BLOCK_CO")) for v in variants}) == 2 * 2 + 2 * 2 * 3
 
@@ -124,12 +124,17 @@ def test_the_launches_use_launch_config(monkeypatch):
     calls = []
     real = fused.launch_config
 
-    def spy(kernel, channels, distance):
-        calls.append((kernel, channels, distance))
-        return real(kernel, channels, distance)
+    def spy(kernel, channels, distance, precision="ieee"):
+        calls.append((kernel, channels, distance, precision))
+        return real(kernel, channels, distance, precision)
 
     monkeypatch.setattr(fused, "launch_config", spy)
     x = torch.randn(1, 5, 20, requires_grad=True)
     y = torch.randn(1, 7, 20, requires_grad=True)
     fused.fused_similarity(x, y, distance="l2", band_width=0.5, eps=1e-5).sum().backward()
-    assert sorted(calls) == sorted((k, 20, "l2") for k in fused.KERNELS)
+    assert sorted(calls) == sorted((k, 20, "l2", "ieee") for k in fused.KERNELS)
+    calls.clear()
+    x = torch.randn(1, 5, 32, requires_grad=True)
+    fused.fused_similarity(x, x.detach(), distance="cosine", band_width=0.5, eps=1e-5,
+                           precision="tf32x3").sum().backward()
+    assert sorted(calls) == sorted((k, 32, "cosine", "tf32x3") for k in fused.KERNELS if k != "_grad_y")

@@ -94,6 +94,47 @@ def test_the_full_path_keeps_to_its_share_of_the_card():
     side = int(limit_entries ** 0.5)
     assert full_fits(1, side, side, memory) and not full_fits(1, side + 1, side + 1, memory)
     assert full_fits(4, side // 2, side // 2, memory) and not full_fits(5, side // 2, side // 2, memory)
+    # float64 entries, and CoBi's two terms, take twice as much.
+    half = int((limit_entries / 2) ** 0.5)
+    for kwargs in (dict(bytes_per_entry=8), dict(terms=2)):
+        assert full_fits(1, half, half, memory, **kwargs) and not full_fits(1, half + 1, half + 1, memory, **kwargs)
+
+
+def test_a_newer_record_or_other_kernels_replace_a_size():
+    def record(date, kernels, fused_ms):
+        return {"device": "NVIDIA H100 80GB HBM3", "date": date, "fused_kernels": kernels,
+                "measurements": [{"implementation": "fused", "positions": 4096, "channels": 128,
+                                  "batch": 1, "status": "ok", "time_ms": fused_ms},
+                                 {"implementation": "blocked", "positions": 4096, "channels": 128,
+                                  "batch": 1, "status": "ok", "time_ms": 5.0}]}
+
+    # Two records of one day on other kernels: the later one's times, with its own hash.
+    table = build_table([record("2027-01-01", "old", 9.0), record("2027-01-01", "new", 3.0)])
+    (entry,) = table["devices"]["H100"]
+    assert (entry["fused_kernels"], entry["time_ms"]["fused"]) == ("new", 3.0)
+    table = build_table([record("2027-01-02", "a", 1.0), record("2027-01-01", "b", 2.0)])
+    (entry,) = table["devices"]["H100"]
+    assert (entry["fused_kernels"], entry["time_ms"]["fused"]) == ("a", 1.0)
+
+
+def test_l1_terms_keep_the_size_rule_on_a_measured_card(monkeypatch):
+    # The records time cosine; l1's full path holds B * N * Nx * C numbers in its backward.
+    monkeypatch.setattr(paths, "_device_measurements", lambda device: (load_table()["H200"], 141 * GIB))
+    settings = check_settings(0.5, 1e-5, "l1", "auto", None, None)
+    x = torch.zeros(1, 16384, 128)
+    assert paths._auto_implementation([Term(x, x, "l1")], settings) == "blocked"
+    assert paths._auto_implementation([Term(x, x, "cosine")], settings) == "full"
+
+
+@pytest.mark.parametrize("capability,hip,expected", [((9, 0), None, True), ((8, 0), None, True),
+                                                     ((7, 5), None, False), ((9, 0), "6.2", False)])
+def test_tf32x3_runs_only_where_there_is_tf32(monkeypatch, capability, hip, expected):
+    import cxlib.contextual.fused as fused
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert fused._has_tf32(torch.device("cuda", 0)) is expected
+    assert fused._has_tf32(torch.device("cpu"))  # Triton's interpreter: float32 either way
 
 
 def _choice(monkeypatch, sizes, memory, shape_x, shape_y=None, *, fused_ok=True, block_size=None):
@@ -106,8 +147,9 @@ def _choice(monkeypatch, sizes, memory, shape_x, shape_y=None, *, fused_ok=True,
 
 
 def test_auto_follows_the_h200_record(monkeypatch):
-    # The stored H200 record: the full path was fastest wherever it ran; its fused times were
-    # measured on kernels changed since, so they do not count.
+    # Pinned to the stored H200 record (update it with a new record: it says what "auto" then
+    # does). The full path was fastest wherever it ran; the fused times were measured on kernels
+    # changed since, so they do not count.
     h200 = load_table()["H200"]
     assert all(size.fused_kernels != fused_kernels_hash() for size in h200)
     memory = 141 * GIB

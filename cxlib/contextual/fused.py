@@ -63,8 +63,9 @@ FUSED_DISTANCES = ("cosine", "l2")
 #: explicit opt-in of :func:`fused_similarity` alone, until the GPU check (``python -m
 #: cxlib.gpu_check``, check ``tf32x3``) has measured its error and speed on a card: Triton's
 #: interpreter computes every product in plain float32 whatever is asked, so the tests here cannot
-#: see its error. On sm_75 (no TF32) Triton computes it as IEEE float32.
-#: Where the channel count is not a multiple of 16 above 16 the products stay IEEE whatever is asked.
+#: see its error. Where the channel count is not a multiple of 16 above 16, on cards before sm_80
+#: (no TF32; Triton before 3.2 fails to compile tf32x3 there) and on ROCm, the products stay IEEE
+#: whatever is asked.
 FUSED_PRECISIONS = ("ieee", "tf32x3")
 
 #: Oldest Triton the kernels compile with: ``tl.dot(..., input_precision=...)`` came in Triton 3.0
@@ -602,6 +603,14 @@ def check_fused_size(x_shape: Sequence[int], y_shape: Sequence[int]) -> None:
         )
 
 
+def _has_tf32(device: torch.device) -> bool:
+    """Whether tf32x3 products can run here: NVIDIA cards from sm_80, and Triton's interpreter
+    (which computes them in float32)."""
+    if device.type != "cuda":
+        return True
+    return torch.version.hip is None and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance: str,
                      band_width: float, eps: float, precision: str = "ieee") -> torch.Tensor:
     """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C), (B, N, C), with the fused
@@ -615,6 +624,8 @@ def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance
         raise ValueError(f"the fused path implements {FUSED_DISTANCES}, got distance={distance!r}")
     if precision not in FUSED_PRECISIONS:
         raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
+    if precision == "tf32x3" and not _has_tf32(x_points.device):
+        precision = "ieee"
     x = x_points.float().contiguous()
     y = y_points.float().contiguous()
     return cast(torch.Tensor, _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps),

@@ -6,7 +6,8 @@ wrong gradients. So before "auto" first takes the fused path on a device (once p
 device, distance and dtype), :func:`fused_verdict` computes a small problem with the fused kernels
 and with the blocked path in float64, and compares values and gradients with the tolerances of
 the test suite. If the kernels fail to compile or run, or disagree, it warns once
-(:class:`FusedFallbackWarning`, with the reason) and "auto" uses the blocked path from then on.
+(:class:`FusedFallbackWarning`, with the reason) and "auto" uses another path from then on (the
+blocked one, or the full one where the stored measurements favour it).
 An explicit ``implementation="fused"`` is not checked and raises as it is.
 """
 
@@ -32,7 +33,7 @@ _verdicts: dict[tuple[str, str, str], str | None] = {}
 
 
 class FusedFallbackWarning(UserWarning):
-    """The fused kernels failed their check on this device: "auto" uses the blocked path."""
+    """The fused kernels failed their check on this device: "auto" uses another path."""
 
 
 def reset_fused_verdicts() -> None:
@@ -147,7 +148,7 @@ def fused_verdict(device: torch.device | str, distance: str, dtype: torch.dtype)
             warnings.warn(
                 f"cxlib: the fused contextual-loss kernels are not used on {device} "
                 f"(distance={distance!r}, {dtype}): {reason}. implementation='auto' uses the "
-                "blocked path instead (the same values and gradients, more time and memory).",
+                "blocked or full path instead (the same values and gradients, in more memory).",
                 FusedFallbackWarning,
                 stacklevel=2,
             )

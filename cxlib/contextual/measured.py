@@ -5,10 +5,14 @@
 records into a table by device class, ``measured_paths.json`` beside it, which ships in the wheel
 and is read once, the first time "auto" runs on a CUDA device. For a problem on a card of a class
 the table covers, "auto" takes the path that was fastest at the measured size nearest to it
-(in the number of distance terms, B * Nx * N * C, on a log scale), among the paths that may run:
+(in the number of distance terms, B * Nx * N * C, on a log scale), among the paths that may run.
+The records time the cosine distance; the table is used for cosine and l2 terms, whose paths
+have the same matrix products, not for l1 (whose full path's backward holds B * N * Nx * C
+numbers):
 
-- ``"full"`` only while its N x N matrices (:data:`FULL_MATRICES_AT_PEAK` float32 matrices of
-  B * Nx * N entries) would take at most :data:`FULL_MEMORY_FRACTION` of the card's memory;
+- ``"full"`` only while its N x N matrices (:data:`FULL_MATRICES_AT_PEAK` matrices of B * Nx * N
+  entries per term, in the points' dtype) would take at most :data:`FULL_MEMORY_FRACTION` of the
+  card's memory;
 - ``"fused"`` only for one term with a fused distance, and only from measurements of the kernels
   as they are now: every record stores a hash of ``fused.py`` (:func:`fused_kernels_hash`), and a
   fused time measured on other kernels is not used. "auto" still runs the device check of
@@ -34,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FULL_MATRICES_AT_PEAK", "FULL_MEMORY_FRACTION", "MeasuredSize", "build_table",
+__all__ = ["FULL_MATRICES_AT_PEAK", "FULL_MEMORY_FRACTION", "MEASURED_DISTANCES", "MeasuredSize",
+           "build_table",
            "device_class", "fused_kernels_hash", "load_table", "measured_choice"]
 
 TABLE_PATH = Path(__file__).with_name("measured_paths.json")
@@ -45,11 +50,18 @@ FULL_MATRICES_AT_PEAK = 8
 #: O(N) memory (blocked, fused) are chosen even where the full one was faster.
 FULL_MEMORY_FRACTION = 1 / 8
 _PATHS = ("full", "blocked", "fused")
+#: The distances whose terms "auto" chooses for from the table (see above).
+MEASURED_DISTANCES = ("cosine", "l2")
 
 
-def fused_kernels_hash() -> str:
-    """The first 16 hex digits of the SHA-256 of ``fused.py``: which kernels a record measured."""
-    source = Path(__file__).with_name("fused.py").read_bytes()
+@functools.lru_cache(maxsize=1)
+def fused_kernels_hash() -> str | None:
+    """The first 16 hex digits of the SHA-256 of ``fused.py``: which kernels a record measured
+    (read once; ``None`` where the source cannot be read, and then no fused time counts)."""
+    try:
+        source = Path(__file__).with_name("fused.py").read_bytes()
+    except OSError:
+        return None
     return hashlib.sha256(source).hexdigest()[:16]
 
 
@@ -99,12 +111,14 @@ def build_table(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 continue
             key = (int(row["batch"]), int(row["positions"]), int(row["channels"]))
             entry = per_class.get(key)
-            if entry is None or entry["date"] != record.get("date"):
+            # A newer record replaces an older one; a record of the same date on other kernels
+            # too, so that a fused time never stands beside another record's kernels.
+            if entry is None or (entry["date"], entry["fused_kernels"]) != (record.get("date"), kernels):
                 entry = per_class[key] = {"batch": key[0], "positions": key[1], "channels": key[2],
                                           "date": record.get("date"), "time_ms": {},
                                           "fused_kernels": kernels}
             entry["time_ms"][row["implementation"]] = round(float(row["time_ms"]), 4)
-    return {"about": "Built by python -m cxlib.contextual.measured from data/benchmarks/*.json; "
+    return {"about": "Built by python scripts/build_auto_table.py from data/benchmarks/*.json; "
                      "read by implementation='auto' (cxlib/contextual/measured.py).",
             "devices": {name: [per_class[key] for key in sorted(per_class)]
                         for name, per_class in sorted(sizes.items())}}
@@ -112,8 +126,12 @@ def build_table(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def load_table(path: Path = TABLE_PATH) -> dict[str, tuple[MeasuredSize, ...]]:
-    """The packaged table, by device class (read once, then cached)."""
-    table = json.loads(path.read_text())
+    """The packaged table, by device class (read once, then cached; empty where the file cannot
+    be read, and then "auto" decides by size)."""
+    try:
+        table = json.loads(path.read_text())
+    except OSError:
+        return {}
     return {name: tuple(MeasuredSize(row["batch"], row["positions"], row["channels"],
                                      dict(row["time_ms"]), row.get("fused_kernels"))
                         for row in rows)
@@ -148,7 +166,10 @@ def measured_choice(sizes: Sequence[MeasuredSize], *, batch: int, num_x: int, nu
     return None if best is None else best[1]
 
 
-def full_fits(batch: int, num_x: int, num_y: int, total_memory_bytes: int) -> bool:
-    """Whether the full path's matrices would take at most :data:`FULL_MEMORY_FRACTION` of a
+def full_fits(batch: int, num_x: int, num_y: int, total_memory_bytes: int, *,
+              bytes_per_entry: int = 4, terms: int = 1) -> bool:
+    """Whether the full path's matrices (:data:`FULL_MATRICES_AT_PEAK` per term, of B * Nx * N
+    entries of ``bytes_per_entry`` bytes) would take at most :data:`FULL_MEMORY_FRACTION` of a
     card with this much memory."""
-    return FULL_MATRICES_AT_PEAK * 4 * batch * num_x * num_y <= FULL_MEMORY_FRACTION * total_memory_bytes
+    needed = FULL_MATRICES_AT_PEAK * terms * bytes_per_entry * batch * num_x * num_y
+    return needed <= FULL_MEMORY_FRACTION * total_memory_bytes

@@ -14,8 +14,8 @@ import torch
 
 from .blocked import blocked_similarity
 from .full import Term, full_similarity
-from .measured import (MeasuredSize, device_class, full_fits, fused_kernels_hash, load_table,
-                       measured_choice)
+from .measured import (MEASURED_DISTANCES, MeasuredSize, device_class, full_fits,
+                       fused_kernels_hash, load_table, measured_choice)
 from .settings import Settings
 
 __all__ = ["AUTO_FULL_MAX_ELEMENTS", "AUTO_USES_FUSED", "score_terms"]
@@ -69,10 +69,11 @@ def _auto_implementation(terms: list[Term], settings: Settings) -> str:
     if settings.block_size is not None:
         return "blocked"
     measured = _device_measurements(x_points.device)
-    if measured is not None:
+    if measured is not None and all(term.distance in MEASURED_DISTANCES for term in terms):
         sizes, memory = measured
         allowed = {"blocked", "fused"}
-        if full_fits(batch, num_x, num_y, memory):
+        if full_fits(batch, num_x, num_y, memory, bytes_per_entry=x_points.element_size(),
+                     terms=len(terms)):
             allowed.add("full")
         channels = sum(term.x_points.shape[-1] for term in terms)
         choose = functools.partial(measured_choice, sizes, batch=batch, num_x=num_x, num_y=num_y,

@@ -5,7 +5,7 @@
 records into a table by device class, ``measured_paths.json`` beside it, which ships in the wheel
 and is read once, the first time "auto" runs on a CUDA device. For a problem on a card of a class
 the table covers, "auto" takes the path that was fastest at the measured size nearest to it
-(in the number of distance terms, B * Nx * N * C, on a log scale), among the paths that may run.
+(in the work of one distance pass, B * Nx * N * C, on a log scale), among the paths that may run.
 The records time the cosine distance; the table is used for cosine and l2 terms, whose paths
 have the same matrix products, not for l1 (whose full path's backward holds B * N * Nx * C
 numbers):
@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FULL_MATRICES_AT_PEAK", "FULL_MEMORY_FRACTION", "MEASURED_DISTANCES", "MeasuredSize",
-           "build_table",
-           "device_class", "fused_kernels_hash", "load_table", "measured_choice"]
+           "build_table", "device_class", "fused_kernels_hash", "load_table", "measured_choice"]
 
 TABLE_PATH = Path(__file__).with_name("measured_paths.json")
 #: How many float32 matrices of B * Nx * N entries the full path holds at its peak (forward and
@@ -93,8 +92,8 @@ class MeasuredSize:
     fused_kernels: str | None
 
     @property
-    def terms(self) -> int:
-        """B * Nx * N * C: the distance terms one pass computes."""
+    def work(self) -> int:
+        """B * Nx * N * C: the multiply-adds of one pass over the distances."""
         return self.batch * self.positions * self.positions * self.channels
 
 
@@ -153,14 +152,14 @@ def measured_choice(sizes: Sequence[MeasuredSize], *, batch: int, num_x: int, nu
     allowed = set(allowed)
     if not allowed <= set(_PATHS):
         raise ValueError(f"allowed paths must be among {_PATHS}, got {sorted(allowed)}")
-    terms = max(batch * num_x * num_y * channels, 1)
+    work = max(batch * num_x * num_y * channels, 1)
     best: tuple[float, str] | None = None
     for size in sizes:
         times = {path: ms for path, ms in size.time_ms.items() if path in allowed
                  and (path != "fused" or (kernels is not None and size.fused_kernels == kernels))}
         if not times:
             continue
-        distance = abs(math.log(terms / size.terms))
+        distance = abs(math.log(work / size.work))
         if best is None or distance < best[0]:
             best = (distance, min(times, key=lambda path: times[path]))
     return None if best is None else best[1]

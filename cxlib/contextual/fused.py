@@ -400,13 +400,15 @@ def launch_config(kernel: str, channels: int, distance: str,
         raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
+    if not _tf32x3_applies(channels):
+        precision = "ieee"
     config = dict(IS_L2=distance == "l2", BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
                   BLOCK_C=_BLOCK_C if channels > _BLOCK_C_FEW else _BLOCK_C_FEW,
-                  PRECISION=precision if _tf32x3_applies(channels) else "ieee")
+                  PRECISION=precision)
     if kernel in _GRADIENT_KERNELS:
         config["BLOCK_CO"] = min(_BLOCK_CO_MAX, max(_BLOCK_CO_MIN, _next_power_of_2(channels)))
     config.update(_OPTIONS[kernel])
-    if precision == "tf32x3" and _tf32x3_applies(channels):
+    if precision == "tf32x3":
         config["BLOCK_C"] = _TF32X3_BLOCK_C
         if kernel in _GRADIENT_KERNELS:
             config["BLOCK_CO"] = _TF32X3_BLOCK_CO

@@ -7,8 +7,8 @@
   with the optional random subset of positions; :mod:`.distances`: centring and the distances.
 - :mod:`.paths`: which path computes CX(X, Y): :mod:`.full` (whole matrices, the reference),
   :mod:`.blocked` (blocks of rows) or :mod:`.fused` (Triton kernels, loaded only when used),
-  whose check on the device is :mod:`.fused_check` and whose offline compile report is
-  :mod:`.fused_report`. What "auto" takes on a GPU comes from the stored benchmarks,
+  whose check on the device is :mod:`.fused_check`, whose offline compile report is
+  :mod:`.fused_report` and whose work is counted by :mod:`.fused_cost`. What "auto" takes on a GPU comes from the stored benchmarks,
   :mod:`.measured`.
 """
 

@@ -10,6 +10,10 @@ are present:
   points and near-duplicates) and their time against the IEEE kernels and the full path, which
   Triton's interpreter cannot measure (reported; it fails beyond ten times the IEEE kernels'
   tolerances);
+- ``one-pass``: the kernels' opt-in one-pass backward (both gradient products from each tile's
+  dL/dd, atomic adds for y's): its error against float64 with both gradients and with x's alone,
+  and its time against the two-kernel backward and the full path (fails beyond the IEEE
+  tolerances);
 - ``fused-second-gpu``: the same on ``cuda:1`` while ``cuda:0`` is the current device (two GPUs);
 - ``resume``: a short training run killed with SIGKILL and resumed, with and without AMP, ends
   where an uninterrupted run ends; a run saved without AMP resumes with it;
@@ -137,57 +141,122 @@ def _time_ms(run, repeats: int = 5) -> float:
 TF32X3_VALUE_RTOL, TF32X3_GRAD_RTOL = 1e-5, 1e-4
 
 
+def _variant_errors(device: torch.device, variants: Sequence[tuple[str, str]],
+                    need_y: bool = True, size: int = 4096
+                    ) -> tuple[list[str], dict[tuple[str, str], float]]:
+    """Errors against float64 of the fused kernels launched as ``variants`` ((precision,
+    backward) pairs) on random points and with near-duplicates (every third x_i a target plus
+    1e-4 noise; where every point had its copy, CX would be 1 and every gradient 0), N = 4,096,
+    C = 128, both distances; with ``need_y`` False only x's gradient (a fixed target). Lines of
+    value/gradient errors, and each variant's worst error relative to the IEEE tolerances."""
+    from .contextual.fused import fused_similarity
+    from .contextual.full import Term, full_similarity
+
+    generator = torch.Generator().manual_seed(20180)
+    lines, worst = [], {v: 0.0 for v in variants}
+    for distance in ("cosine", "l2"):
+        for case in ("random", "near"):
+            y = torch.randn(1, size, 128, generator=generator)
+            x = torch.randn(y.shape, generator=generator)
+            if case == "near":
+                near = torch.arange(0, size, 3)
+                targets = torch.randperm(size, generator=generator)[:len(near)]
+                x[:, near] = y[:, targets] + 1e-4 * torch.randn(1, len(near), 128, generator=generator)
+            if distance == "cosine":
+                x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
+            xd = x.double().to(device).requires_grad_()
+            yd = y.double().to(device).requires_grad_(need_y)
+            leaves = (xd, yd) if need_y else (xd,)
+            want = full_similarity([Term(xd, yd, distance)], 0.5, 1e-5)
+            want_grads = torch.autograd.grad(want.sum(), leaves)
+            parts = []
+            for precision, backward in variants:
+                xf, yf = x.to(device).requires_grad_(), y.to(device).requires_grad_(need_y)
+                got = fused_similarity(xf, yf, distance=distance, band_width=0.5, eps=1e-5,
+                                       precision=precision, backward=backward)
+                grads = torch.autograd.grad(got.sum(), (xf, yf) if need_y else (xf,))
+                value, grad = _errors(got, grads, want, want_grads)
+                parts.append(f"{precision}/{backward} {value:.1e}/{grad:.1e}")
+                relative = max(value / TF32X3_VALUE_RTOL, grad / TF32X3_GRAD_RTOL)
+                if not (math.isfinite(value) and math.isfinite(grad)):  # max() would drop a NaN
+                    relative = math.inf
+                worst[precision, backward] = max(worst[precision, backward], relative)
+            lines.append(f"{distance} {case}: " + ", ".join(parts))
+    return lines, worst
+
+
+def _variant_times(device: torch.device, variants: Sequence[tuple[str, str]],
+                   need_y: bool = True) -> str:
+    """Forward + backward time of the fused kernels as ``variants`` and of the full path at
+    N = 16,384, C = 128, cosine, in the same run."""
+    from .contextual.fused import fused_similarity
+    from .contextual.full import Term, full_similarity
+
+    x = torch.nn.functional.normalize(torch.randn(1, 16384, 128, device=device), dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(1, 16384, 128, device=device), dim=-1)
+
+    def pass_of(compute):
+        def run():
+            xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_(need_y)
+            torch.autograd.grad(compute(xr, yr).sum(), (xr, yr) if need_y else (xr,))
+        return run
+
+    times = {f"{p}/{b}": _time_ms(pass_of(lambda a, c, p=p, b=b: fused_similarity(
+        a, c, distance="cosine", band_width=0.5, eps=1e-5, precision=p, backward=b)))
+        for p, b in variants}
+    times["full"] = _time_ms(pass_of(lambda a, c: full_similarity([Term(a, c, "cosine")], 0.5, 1e-5)))
+    which = "x and y" if need_y else "x alone (fixed target)"
+    return (f"N=16,384 C=128 cosine fwd+bwd, gradients of {which}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()))
+
+
 def check_tf32x3() -> str:
     """The opt-in precision="tf32x3" of the fused kernels (three TF32 products on tensor cores),
     which Triton's interpreter cannot check: its error against float64 on random points and on
     near-duplicates (x = y + 1e-4 noise), N = 4,096, C = 128, and its forward + backward time at
     N = 16,384, C = 128 against the IEEE kernels and the full path, in the same run."""
     _need_gpus()
-    from .contextual.fused import fused_available, fused_similarity
-    from .contextual.full import Term, full_similarity
+    from .contextual.fused import fused_available
 
     device = torch.device("cuda", 0)
     if not fused_available(device) or torch.cuda.get_device_capability(device) < (8, 0):
         raise CheckSkipped("tf32x3 needs Triton and sm_80 or newer")
-    generator = torch.Generator().manual_seed(20180)
+    variants = [("ieee", "two-kernels"), ("tf32x3", "two-kernels")]
+    lines, worst = _variant_errors(device, variants)
+    if not worst["tf32x3", "two-kernels"] <= 10:
+        raise CheckFailed("tf32x3 beyond ten times the IEEE tolerances "
+                          f"({worst['tf32x3', 'two-kernels']:.1f} times): " + "; ".join(lines))
+    lines.append(_variant_times(device, variants))
+    return "value/gradient errors vs float64; " + "; ".join(lines)
+
+
+def check_one_pass() -> str:
+    """The opt-in backward="one-pass" of the fused kernels (each tile's dL/dd formed once, its
+    products with Y and X from it; atomic adds for y's gradient), which only a GPU can time and
+    whose atomics only a GPU runs concurrently: its error against float64 with both gradients and
+    with x's alone (it fails beyond the IEEE kernels' tolerances; tf32x3 beyond ten times them),
+    and its time against the two-kernel backward and the full path, with and without y's
+    gradient, in the same run."""
+    _need_gpus()
+    from .contextual.fused import fused_available
+
+    device = torch.device("cuda", 0)
+    if not fused_available(device):
+        raise CheckFailed("Triton is missing or older than 3.0: the fused path cannot run")
+    variants = [("ieee", "two-kernels"), ("ieee", "one-pass")]
+    if torch.cuda.get_device_capability(device) >= (8, 0):
+        variants += [("tf32x3", "two-kernels"), ("tf32x3", "one-pass")]
     lines = []
-    for distance in ("cosine", "l2"):
-        for case in ("random", "near"):
-            y = torch.randn(1, 4096, 128, generator=generator)
-            x = y + 1e-4 * torch.randn(y.shape, generator=generator) if case == "near" else \
-                torch.randn(y.shape, generator=generator)
-            if distance == "cosine":
-                x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
-            xd, yd = x.double().to(device).requires_grad_(), y.double().to(device).requires_grad_()
-            want = full_similarity([Term(xd, yd, distance)], 0.5, 1e-5)
-            want_grads = torch.autograd.grad(want.sum(), (xd, yd))
-            errors = []
-            for precision in ("ieee", "tf32x3"):
-                xf, yf = x.to(device).requires_grad_(), y.to(device).requires_grad_()
-                got = fused_similarity(xf, yf, distance=distance, band_width=0.5, eps=1e-5,
-                                       precision=precision)
-                errors.append(_errors(got, torch.autograd.grad(got.sum(), (xf, yf)), want, want_grads))
-            lines.append(f"{distance} {case}: ieee {errors[0][0]:.1e}/{errors[0][1]:.1e}, "
-                         f"tf32x3 {errors[1][0]:.1e}/{errors[1][1]:.1e}")
-            worst = max(errors[1])
-            if not (errors[1][0] <= 10 * TF32X3_VALUE_RTOL and errors[1][1] <= 10 * TF32X3_GRAD_RTOL):
-                raise CheckFailed(f"tf32x3 beyond ten times the IEEE tolerances ({worst:.1e}): "
-                                  + "; ".join(lines))
-    x = torch.randn(1, 16384, 128, device=device)
-    y = torch.randn(1, 16384, 128, device=device)
-    x, y = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1)
-
-    def pass_of(compute):
-        def run():
-            xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
-            torch.autograd.grad(compute(xr, yr).sum(), (xr, yr))
-        return run
-
-    times = {precision: _time_ms(pass_of(lambda a, b, p=precision: fused_similarity(
-        a, b, distance="cosine", band_width=0.5, eps=1e-5, precision=p)))
-        for precision in ("ieee", "tf32x3")}
-    times["full"] = _time_ms(pass_of(lambda a, b: full_similarity([Term(a, b, "cosine")], 0.5, 1e-5)))
-    lines.append("N=16,384 C=128 cosine fwd+bwd: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()))
+    for need_y in (True, False):
+        found, worst = _variant_errors(device, variants, need_y=need_y)
+        lines += [("x,y " if need_y else "x ") + line for line in found]
+        limit = {"ieee": 1.0, "tf32x3": 10.0}
+        bad = {f"{p}/{b}": w for (p, b), w in worst.items() if b == "one-pass" and not w <= limit[p]}
+        if bad:
+            raise CheckFailed(f"one-pass beyond its tolerances (times the IEEE ones): {bad}; "
+                              + "; ".join(lines))
+    for need_y in (True, False):
+        lines.append(_variant_times(device, variants, need_y=need_y))
     return "value/gradient errors vs float64; " + "; ".join(lines)
 
 
@@ -488,6 +557,7 @@ class Check:
 CHECKS = (
     Check("fused-vs-reference", check_fused_vs_reference),
     Check("tf32x3", check_tf32x3),
+    Check("one-pass", check_one_pass),
     Check("fused-second-gpu", check_fused_second_gpu),
     Check("resume", check_resume),
     Check("amp", check_amp),

@@ -3,6 +3,7 @@ CXLIB_TEST_DEVICE=cuda): values within 1e-5 and gradients within 1e-4 of a float
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 import cxlib
 import numpy_reference as ref
 from autograd_graph import node_names
+import cxlib.contextual.fused as fused_module
 from cxlib.contextual.fused import fused_available
 
 DEVICE = os.environ.get("CXLIB_TEST_DEVICE", "cpu")
@@ -39,9 +41,13 @@ def test_values_match_the_float64_reference(distance, case):
     np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backward", fused_module.FUSED_BACKWARDS)
 @pytest.mark.parametrize("distance", ["cosine", "l2"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}C{c[1]}")
-def test_gradients_match_float64_full_path(distance, case):
+def test_gradients_match_float64_full_path(distance, case, backward, monkeypatch):
+    # implementation="fused" with this backward (the public API takes the default)
+    monkeypatch.setattr(fused_module, "fused_similarity",
+                        functools.partial(fused_module.fused_similarity, backward=backward))
     x, y = _pair(*case, seed=1)
     upstream = torch.linspace(1.0, -0.5, case[0], device=DEVICE)
     xf, yf = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -152,3 +158,37 @@ def test_precision_is_checked():
         ["ieee", "ieee", "tf32x3", "tf32x3", "tf32x3"]
     assert launch_config("_grad_x", 64, "l2", "tf32x3")["BLOCK_CO"] == 16
     assert launch_config("_grad_x", 64, "l2", "ieee")["BLOCK_CO"] == 64
+
+
+def test_backward_is_checked_and_one_pass_configured():
+    from cxlib.contextual.fused import fused_similarity, launch_config
+
+    x = torch.randn(1, 5, 32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"backward must be one of \('two-kernels', 'one-pass'\), got 'flash'"):
+        fused_similarity(x, x, distance="cosine", band_width=0.5, eps=1e-5, backward="flash")
+    # x's gradient alone keeps the two-kernel path's channel blocks; with y's, 16 (larger spill).
+    assert launch_config("_grad_rows", 128, "cosine")["BLOCK_CO"] == 64
+    assert launch_config("_grad_rows", 128, "cosine")["NEED_Y"] is False
+    assert launch_config("_grad_rows_xy", 128, "cosine")["BLOCK_CO"] == 16
+    assert launch_config("_grad_rows_xy", 128, "cosine")["NEED_Y"] is True
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_one_pass_equals_two_kernels_with_a_fixed_target(precision):
+    """x's gradient alone (the training case) through _grad_rows: no atomics, so on the CPU the
+    same sums in the same order as _grad_x, to the last bit; 96 channels, 2 blocks of 64 there."""
+    from cxlib.contextual.fused import fused_similarity
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(2, 70, 96, generator=g), dim=-1).to(DEVICE)
+    y = torch.nn.functional.normalize(torch.randn(2, 130, 96, generator=g), dim=-1).to(DEVICE)
+    grads = {}
+    for backward in ("two-kernels", "one-pass"):
+        leaf = x.clone().requires_grad_()
+        score = fused_similarity(leaf, y, distance="cosine", band_width=0.5, eps=1e-5,
+                                 precision=precision, backward=backward)
+        (grads[backward],) = torch.autograd.grad(score.sum(), leaf)
+    if DEVICE == "cpu":
+        assert torch.equal(grads["one-pass"], grads["two-kernels"])
+    else:
+        torch.testing.assert_close(grads["one-pass"], grads["two-kernels"], rtol=1e-5, atol=1e-7)

@@ -115,7 +115,9 @@ def test_launch_config_block_co_and_variants():
     for v in variants:  # each variant is what launch_config gives for its example shape
         config = fused.launch_config(v["kernel"], v["shape"][2], v["distance"], v["constexprs"]["PRECISION"])
         assert config == {**v["constexprs"], **v["options"]}
-    assert len({(v["kernel"], v["distance"], v["constexprs"].get("BLOCK_CO")) for v in variants}) == 2 * 2 + 2 * 2 * 3
+    # forward kernels: no BLOCK_CO; _grad_x, _grad_y, _grad_rows: 16, 32 or 64; _grad_rows_xy: 16.
+    assert len({(v["kernel"], v["distance"], v["constexprs"].get("BLOCK_CO")) for v in variants}) == \
+        2 * 2 + 2 * 2 * 3 + 2 * 3 + 2
 
 
 @pytest.mark.skipif(not fused.fused_available("cpu"), reason="needs Triton's interpreter")
@@ -132,9 +134,14 @@ def test_the_launches_use_launch_config(monkeypatch):
     x = torch.randn(1, 5, 20, requires_grad=True)
     y = torch.randn(1, 7, 20, requires_grad=True)
     fused.fused_similarity(x, y, distance="l2", band_width=0.5, eps=1e-5).sum().backward()
-    assert sorted(calls) == sorted((k, 20, "l2", "ieee") for k in fused.KERNELS)
+    two_kernels = ("_row_stats", "_column_max", "_grad_x", "_grad_y")
+    assert sorted(calls) == sorted((k, 20, "l2", "ieee") for k in two_kernels)
+    calls.clear()
+    fused.fused_similarity(x, y, distance="l2", band_width=0.5, eps=1e-5,
+                           backward="one-pass").sum().backward()
+    assert sorted(calls) == sorted((k, 20, "l2", "ieee") for k in ("_row_stats", "_column_max", "_grad_rows_xy"))
     calls.clear()
     x = torch.randn(1, 5, 32, requires_grad=True)
     fused.fused_similarity(x, x.detach(), distance="cosine", band_width=0.5, eps=1e-5,
                            precision="tf32x3").sum().backward()
-    assert sorted(calls) == sorted((k, 32, "cosine", "tf32x3") for k in fused.KERNELS if k != "_grad_y")
+    assert sorted(calls) == sorted((k, 32, "cosine", "tf32x3") for k in two_kernels if k != "_grad_y")

@@ -10,6 +10,7 @@ paths in float32 are held to the same tolerances on the same cases.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 import cxlib
 import numpy_reference as ref
+import cxlib.contextual.fused as fused
 from cxlib.contextual.fused import fused_available
 
 DEVICE = os.environ.get("CXLIB_TEST_DEVICE", "cpu")
@@ -64,6 +66,13 @@ def _tied_targets_summed(grad_y: torch.Tensor) -> torch.Tensor:
     return grad_y[..., :NUM_Y - REPEATS, :]
 
 
+def _use_backward(monkeypatch, backward: str) -> None:
+    """Make implementation="fused" run the fused kernels with this backward (the public API
+    always takes the default, "two-kernels")."""
+    monkeypatch.setattr(fused, "fused_similarity",
+                        functools.partial(fused.fused_similarity, backward=backward))
+
+
 def _value_and_gradients(x, y, distance, implementation, dtype):
     x = x.to(device=DEVICE, dtype=dtype).clone().requires_grad_()
     y = y.to(device=DEVICE, dtype=dtype).clone().requires_grad_()
@@ -78,8 +87,12 @@ def _value_and_gradients(x, y, distance, implementation, dtype):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("implementation", [
     pytest.param("fused", marks=pytest.mark.skipif(not fused_available(DEVICE), reason="Triton unavailable")),
+    pytest.param("fused:one-pass", marks=pytest.mark.skipif(not fused_available(DEVICE), reason="Triton unavailable")),
     "full", "blocked"])
-def test_near_matches_values_and_gradients(implementation, kind, distance):
+def test_near_matches_values_and_gradients(implementation, kind, distance, monkeypatch):
+    if implementation == "fused:one-pass":
+        _use_backward(monkeypatch, "one-pass")
+        implementation = "fused"
     x, y = _pair(kind)
     score, grad_x, grad_y = _value_and_gradients(x, y, distance, implementation, torch.float32)
     want = ref.contextual_similarity(x.double().numpy(), y.double().numpy(), BAND_WIDTH, 1e-5, distance)
@@ -99,11 +112,14 @@ def test_near_matches_values_and_gradients(implementation, kind, distance):
 
 
 @pytest.mark.skipif(not fused_available(DEVICE), reason="Triton unavailable")
+@pytest.mark.parametrize("backward", fused.FUSED_BACKWARDS)
 @pytest.mark.parametrize("wanted", ["x", "y"])
-def test_one_gradient_alone_near_matches(wanted):
+def test_one_gradient_alone_near_matches(wanted, backward, monkeypatch):
     """Only x's gradient (a fixed target, as in training) or only y's: the backward then runs
     its kernels differently (without x's, only the first channel block of _grad_x, for the row
-    sums the row minimum's gradient needs). 80 channels: two channel blocks of 64."""
+    sums the row minimum's gradient needs; one-pass: _grad_rows without or with y's products).
+    80 channels: two channel blocks of 64 (five of 16 in _grad_rows_xy)."""
+    _use_backward(monkeypatch, backward)
     g = torch.Generator().manual_seed(5)
     y = torch.randn(1, 80, 6, 5, generator=g)
     x = torch.randn(1, 80, 5, 5, generator=g)

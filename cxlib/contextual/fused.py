@@ -13,6 +13,9 @@ distances from the points (two matmul-like products per tile) instead of storing
   and ``_grad_y`` (columns) stream over tiles, form P_ik = dL/dd_ik through the softmax and
   the max entry by entry, and compute P @ Y and P^T @ X; ``_grad_x`` also sums P_ik d_ik per
   row, the gradient through the row minimum, which PyTorch routes to (i, argmin_i) in O(N).
+  Each runs once per block of output channels, recomputing the tiles each time. The opt-in
+  ``backward="one-pass"`` (:data:`FUSED_BACKWARDS`) runs ``_grad_rows`` instead: P formed once
+  per tile, both products from it (:mod:`.fused_cost` counts either).
 
 Near matches (x_i = y_k, or within float32 rounding of it), which training drives the features
 towards, make den = m_i + eps as small as eps, and d / den multiplies any rounding by up to
@@ -52,7 +55,7 @@ from typing import Any, cast
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_DISTANCES", "FUSED_PRECISIONS", "KERNELS", "MIN_TRITON", "fused_available",
+__all__ = ["FUSED_BACKWARDS", "FUSED_DISTANCES", "FUSED_PRECISIONS", "KERNELS", "MIN_TRITON", "fused_available",
            "fused_similarity", "kernel_variants", "launch_config"]
 
 #: Distances the fused kernels implement (the others use the blocked path).
@@ -67,6 +70,16 @@ FUSED_DISTANCES = ("cosine", "l2")
 #: (no TF32; Triton before 3.2 fails to compile tf32x3 there) and on ROCm, the products stay IEEE
 #: whatever is asked.
 FUSED_PRECISIONS = ("ieee", "tf32x3")
+#: How the backward streams over the tiles: ``"two-kernels"`` (the default, the one the stored
+#: benchmarks measured), ``_grad_x`` over the rows and ``_grad_y`` over the columns, each once per
+#: block of output channels, so that with more channels than a block holds (64, or 16 with
+#: tf32x3) every tile's distances are recomputed once per block and per kernel; ``"one-pass"``,
+#: ``_grad_rows``, which forms each tile's dL/dd once and multiplies it by every channel of Y and
+#: of X, adding into x's gradient in place and into y's atomically. ``"one-pass"`` is an explicit
+#: opt-in of :func:`fused_similarity` until a GPU has timed it (``python -m cxlib.gpu_check``,
+#: check ``one-pass``); with y's gradient its atomic adds make that gradient's rounding depend on
+#: the order in which the row blocks finish (not bitwise reproducible from run to run).
+FUSED_BACKWARDS = ("two-kernels", "one-pass")
 
 #: Oldest Triton the kernels compile with: ``tl.dot(..., input_precision=...)`` came in Triton 3.0
 #: (the one torch 2.4 ships).
@@ -331,14 +344,70 @@ if triton is not None:
             tl.store(PSUM_out + b * N + cols, psum, mask=col_ok)
 
 
+    @triton.jit
+    def _grad_rows(X, Y, XN, YN, M, LSE, R, BEST, BROW, G, GX_out, GY_out, PSUM_out, PD_out,
+                   PSUMY_out, Nx, N, C, sxb, sxn, sxc, syb, syn, syc, inv_h, eps,
+                   IS_L2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr,
+                   NEED_Y: tl.constexpr):
+        """The backward in one pass over the tiles (backward="one-pass"): each tile's P = dL/dd
+        is formed once and multiplied by every channel of Y (P @ Y, the rows' own, added into
+        GX_out in place) and, with NEED_Y, of X (P^T @ X, added atomically into GY_out, which
+        other row blocks share); the row sums of P and of P * d as in _grad_x, and the column
+        sums of P (atomically) for y's l2 gradient. GX_out, GY_out and PSUMY_out start at 0."""
+        pid, b = tl.program_id(0), tl.program_id(1)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < Nx
+        psum = tl.zeros((BLOCK_M,), tl.float32)
+        pd = tl.zeros((BLOCK_M,), tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            p, d = _tile_grad_distance(X, Y, XN + b * Nx, YN + b * N, M, LSE, R, BEST, BROW, G,
+                                       b, rows, cols, row_ok, col_ok, Nx, N, C, sxb, sxn, sxc,
+                                       syb, syn, syc, inv_h, eps, IS_L2, BLOCK_M, BLOCK_N,
+                                       BLOCK_C, PRECISION)
+            psum += tl.sum(p, axis=1)
+            pd += tl.sum(p * d, axis=1)
+            if NEED_Y:
+                tl.atomic_add(PSUMY_out + b * N + cols, tl.sum(p, axis=0), mask=col_ok)
+            for c0 in range(0, C, BLOCK_CO):
+                ch = c0 + tl.arange(0, BLOCK_CO)
+                ch_ok = ch < C
+                y = tl.load(Y + b * syb + cols[:, None] * syn + ch[None, :] * syc,
+                            mask=col_ok[:, None] & ch_ok[None, :], other=0.0)
+                # This program alone writes these rows of GX_out: a read-modify-write.
+                gx_at = GX_out + b * Nx * C + rows[:, None] * C + ch[None, :]
+                gx_ok = row_ok[:, None] & ch_ok[None, :]
+                gx = tl.load(gx_at, mask=gx_ok, other=0.0)
+                tl.store(gx_at, gx + tl.dot(p, y, input_precision=PRECISION), mask=gx_ok)
+                if NEED_Y:
+                    x = tl.load(X + b * sxb + rows[:, None] * sxn + ch[None, :] * sxc,
+                                mask=gx_ok, other=0.0)
+                    tl.atomic_add(GY_out + b * N * C + cols[:, None] * C + ch[None, :],
+                                  tl.dot(tl.trans(p), x, input_precision=PRECISION),
+                                  mask=col_ok[:, None] & ch_ok[None, :])
+            # The next tile reads GX_out back, maybe in other threads than wrote it.
+            tl.debug_barrier()
+        out = b * Nx + rows
+        tl.store(PSUM_out + out, psum, mask=row_ok)
+        tl.store(PD_out + out, pd, mask=row_ok)
+
+    # The same kernel, launched with NEED_Y=True: its own name, so that launch_config and the
+    # compile report treat the two compilations as the two kernels they are.
+    _grad_rows_xy = _grad_rows
+
 # Launch configuration --------------------------------------------------------------------------
 # One place for what the launches pass besides the tensors: the constexprs and Triton's launch
 # options. _FusedSimilarity launches through launch_config, and cxlib.contextual.fused_report compiles the
 # same configurations (tests/test_fused_compile.py checks registers and spills with ptxas).
 
-#: The kernels, by name.
-KERNELS = ("_row_stats", "_column_max", "_grad_x", "_grad_y")
-_GRADIENT_KERNELS = ("_grad_x", "_grad_y")
+#: The kernels, by name: the forward's two, the backward's two of backward="two-kernels", and the
+#: one of backward="one-pass" (launched as _grad_rows for x's gradient alone, as _grad_rows_xy
+#: for both).
+KERNELS = ("_row_stats", "_column_max", "_grad_x", "_grad_y", "_grad_rows", "_grad_rows_xy")
+_GRADIENT_KERNELS = ("_grad_x", "_grad_y", "_grad_rows", "_grad_rows_xy")
+_ONE_PASS_KERNELS = ("_grad_rows", "_grad_rows_xy")
 
 _BLOCK_M = 64  # rows i of a tile
 _BLOCK_N = 64  # columns j of a tile
@@ -360,7 +429,13 @@ _OPTIONS = {
     "_column_max": dict(num_warps=8, num_stages=1, maxnreg=255),
     "_grad_x": dict(num_warps=16, num_stages=1, maxnreg=128),
     "_grad_y": dict(num_warps=16, num_stages=1, maxnreg=128),
+    "_grad_rows": dict(num_warps=16, num_stages=1, maxnreg=128),
+    "_grad_rows_xy": dict(num_warps=8, num_stages=1, maxnreg=255),
 }
+#: _grad_rows_xy forms both P @ Y and P^T @ X per channel block, two products whose operands
+#: Triton lays out differently: with BLOCK_CO = 32 or 64 it spills on sm_75, sm_80 and sm_90a
+#: (8 or 16 warps, by ptxas here), with 16 and 8 warps it does not.
+_ONE_PASS_XY_BLOCK_CO = 16
 #: With precision="tf32x3" each tile product is three tensor-core (mma) products of operands split
 #: into high and low TF32 halves, which takes more registers: by a ptxas sweep here (Triton 3.8),
 #: BLOCK_C = 32 or BLOCK_CO = 32 spill on sm_80 with 4 or 8 warps, and 16 for both with 8 warps
@@ -407,6 +482,10 @@ def launch_config(kernel: str, channels: int, distance: str,
                   PRECISION=precision)
     if kernel in _GRADIENT_KERNELS:
         config["BLOCK_CO"] = min(_BLOCK_CO_MAX, max(_BLOCK_CO_MIN, _next_power_of_2(channels)))
+    if kernel in _ONE_PASS_KERNELS:
+        config["NEED_Y"] = kernel == "_grad_rows_xy"
+    if kernel == "_grad_rows_xy":
+        config["BLOCK_CO"] = _ONE_PASS_XY_BLOCK_CO
     config.update(_OPTIONS[kernel])
     if precision == "tf32x3":
         config["BLOCK_C"] = _TF32X3_BLOCK_C
@@ -491,7 +570,7 @@ def _on_device_of(tensor: torch.Tensor):
 
 class _FusedSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, distance, band_width, eps, precision):
+    def forward(ctx, x, y, distance, band_width, eps, precision, backward_mode):
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         _, xn, yn, strides = _launch_args(x, y, distance)
@@ -509,7 +588,7 @@ class _FusedSimilarity(torch.autograd.Function):
             grid = (triton.cdiv(num_y, config["BLOCK_N"]), batch)
             _column_max[grid](x, y, xn, yn, m, lse, best, best_row, *common, **config)
         ctx.save_for_backward(x, y, m, am.long(), lse, best, best_row)
-        ctx.settings = (distance, band_width, eps, precision)
+        ctx.settings = (distance, band_width, eps, precision, backward_mode)
         return best.mean(dim=-1)
 
     @staticmethod
@@ -517,7 +596,7 @@ class _FusedSimilarity(torch.autograd.Function):
     def backward(ctx, grad_score):
         x, y, m, am, lse, best, best_row_32 = ctx.saved_tensors
         best_row = best_row_32.long()
-        distance, band_width, eps, precision = ctx.settings
+        distance, band_width, eps, precision, backward_mode = ctx.settings
         batch, num_x, channels = x.shape
         num_y = y.shape[1]
         h = band_width
@@ -532,6 +611,10 @@ class _FusedSimilarity(torch.autograd.Function):
         is_l2, xn, yn, strides = _launch_args(x, y, distance)
         common = (num_x, num_y, channels, *strides, 1.0 / h, eps)
         saved = (m, lse, r, best, best_row_32, g_sample)
+        if backward_mode == "one-pass":
+            one_x, one_y = _one_pass_gradients(x, y, xn, yn, saved, common, need_y, is_l2, am,
+                                               den, distance, precision)
+            return one_x if need_x else None, one_y, None, None, None, None, None
 
         # _grad_x also sums P_ik d_ik per row, which the gradient through the row minimum needs
         # for either input: without x's gradient, one channel block of it runs, for that sum.
@@ -562,7 +645,39 @@ class _FusedSimilarity(torch.autograd.Function):
                 _grad_y[grid](x, y, xn, yn, *saved, px, psum, *common, **config)
             grad_y = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
             grad_y = grad_y + _row_minimum_to_y(is_l2, x, y, am, row_value)
-        return grad_x, grad_y, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None
+
+
+def _one_pass_gradients(x: torch.Tensor, y: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor,
+                        saved: tuple[torch.Tensor, ...], common: tuple[Any, ...], need_y: bool,
+                        is_l2: bool, am: torch.Tensor, den: torch.Tensor, distance: str,
+                        precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(grad_x, grad_y) of backward="one-pass": _grad_rows (or _grad_rows_xy with y's gradient)
+    once over the tiles, then the same O(N) terms as the two-kernel backward. x's gradient is
+    always formed (the row sums come with it)."""
+    batch, num_x, channels = x.shape
+    num_y = y.shape[1]
+    m = saved[0]
+    py = torch.zeros(batch, num_x, channels, device=x.device, dtype=torch.float32)
+    px = torch.zeros(batch, num_y, channels, device=x.device, dtype=torch.float32) if need_y \
+        else py.new_zeros(1)
+    psum_y = torch.zeros(batch, num_y, device=x.device, dtype=torch.float32) if need_y \
+        else m.new_zeros(1)
+    psum = torch.empty_like(m)
+    pd = torch.empty_like(m)
+    kernel = "_grad_rows_xy" if need_y else "_grad_rows"
+    config = launch_config(kernel, channels, distance, precision)
+    grid = (triton.cdiv(num_x, config["BLOCK_M"]), batch)
+    with _on_device_of(x):
+        _grad_rows[grid](x, y, xn, yn, *saved, py, px, psum, pd, psum_y, *common, **config)
+    row_value = torch.where(m >= 0, -pd / den, 0.0)
+    grad_x = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
+    grad_x = grad_x + _row_minimum_to_x(is_l2, x, y, am, row_value)
+    grad_y = None
+    if need_y:
+        grad_y = -px if not is_l2 else 2.0 * (psum_y.unsqueeze(-1) * y - px)
+        grad_y = grad_y + _row_minimum_to_y(is_l2, x, y, am, row_value)
+    return grad_x, grad_y
 
 
 def _row_minimum_to_x(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
@@ -614,10 +729,13 @@ def _has_tf32(device: torch.device) -> bool:
 
 
 def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance: str,
-                     band_width: float, eps: float, precision: str = "ieee") -> torch.Tensor:
+                     band_width: float, eps: float, precision: str = "ieee",
+                     backward: str = "two-kernels") -> torch.Tensor:
     """CX(X, Y) per sample, (B,), from prepared point sets (B, Nx, C), (B, N, C), with the fused
     kernels. float32 in and out (other dtypes are converted). ``precision`` is how the tile
-    products are computed (:data:`FUSED_PRECISIONS`; ``"tf32x3"`` is an unmeasured opt-in)."""
+    products are computed (:data:`FUSED_PRECISIONS`; ``"tf32x3"`` is an unmeasured opt-in);
+    ``backward`` how the backward streams over the tiles (:data:`FUSED_BACKWARDS`;
+    ``"one-pass"`` is an unmeasured opt-in)."""
     check_fused_size(x_points.shape, y_points.shape)
     problem = _triton_problem()
     if problem is not None:
@@ -626,9 +744,11 @@ def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance
         raise ValueError(f"the fused path implements {FUSED_DISTANCES}, got distance={distance!r}")
     if precision not in FUSED_PRECISIONS:
         raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
+    if backward not in FUSED_BACKWARDS:
+        raise ValueError(f"backward must be one of {FUSED_BACKWARDS}, got {backward!r}")
     if precision == "tf32x3" and not _has_tf32(x_points.device):
         precision = "ieee"
     x = x_points.float().contiguous()
     y = y_points.float().contiguous()
     return cast(torch.Tensor, _FusedSimilarity.apply(x, y, distance, float(band_width), float(eps),
-                                                     precision))
+                                                     precision, backward))

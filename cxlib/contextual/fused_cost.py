@@ -6,9 +6,12 @@ is set by how many times it does so and by the products that come with each pass
 
 - forward: ``_row_stats`` two passes (the row minimum, then the row normaliser), ``_column_max``
   one (the column max of Eq. 1);
-- backward: ``_grad_x`` and ``_grad_y`` one pass per block of output channels (each program
-  rebuilds dL/dd for its tile, then multiplies it by ``BLOCK_CO`` channels of Y or X), so with
-  more channels than one block holds the distances are recomputed once per block.
+- backward, ``backward="two-kernels"`` (the default): ``_grad_x`` and ``_grad_y`` one pass per
+  block of output channels (each program rebuilds dL/dd for its tile, then multiplies it by
+  ``BLOCK_CO`` channels of Y or X), so with more channels than one block holds the distances are
+  recomputed once per block;
+- backward, ``backward="one-pass"``: ``_grad_rows`` one pass, forming dL/dd once per tile and
+  multiplying it by every channel of Y (and of X where y's gradient is wanted).
 
 Every pass forms the tile's distances with a product over the channels (2 multiply-adds counted
 as 2 floating-point operations per entry and channel, the channels rounded up to the kernels'
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .fused import FUSED_DISTANCES, FUSED_PRECISIONS, launch_config
+from .fused import FUSED_BACKWARDS, FUSED_DISTANCES, FUSED_PRECISIONS, launch_config
 
 __all__ = ["FusedCost", "fused_cost"]
 
@@ -64,8 +67,8 @@ def _padded(channels: int, block: int) -> int:
 
 
 def fused_cost(batch: int, num_x: int, num_y: int, channels: int, *, distance: str = "cosine",
-               precision: str = "ieee", backward: bool = True, grad_x: bool = True,
-               grad_y: bool = True) -> FusedCost:
+               precision: str = "ieee", backward: str | None = "two-kernels",
+               grad_x: bool = True, grad_y: bool = True) -> FusedCost:
     """Count the work of the fused kernels on point sets (B, Nx, C) and (B, N, C).
 
     Args:
@@ -74,9 +77,11 @@ def fused_cost(batch: int, num_x: int, num_y: int, channels: int, *, distance: s
         precision: the tile products asked for (:data:`~cxlib.contextual.fused.FUSED_PRECISIONS`);
             ``"tf32x3"`` counts as ``"ieee"`` for the channel counts the kernels keep in IEEE
             (cards before sm_80, which also keep IEEE, are not known here).
-        backward: count the backward pass too (forward only when False).
+        backward: how the backward streams over the tiles
+            (:data:`~cxlib.contextual.fused.FUSED_BACKWARDS`), or None for the forward alone.
         grad_x, grad_y: which gradients the backward computes (without x's, ``_grad_x`` still
-            runs one channel block for the row sums both gradients need).
+            runs one channel block for the row sums both gradients need, and ``"one-pass"``
+            forms x's gradient anyway).
 
     Returns:
         FusedCost: passes, product FLOP, exponentials and the precision used.
@@ -94,6 +99,8 @@ def fused_cost(batch: int, num_x: int, num_y: int, channels: int, *, distance: s
         raise ValueError(f"distance must be one of {FUSED_DISTANCES}, got {distance!r}")
     if precision not in FUSED_PRECISIONS:
         raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
+    if backward is not None and backward not in FUSED_BACKWARDS:
+        raise ValueError(f"backward must be one of {FUSED_BACKWARDS} or None, got {backward!r}")
     entries = batch * num_x * num_y
 
     def distance_flop(kernel: str) -> float:
@@ -103,7 +110,13 @@ def fused_cost(batch: int, num_x: int, num_y: int, channels: int, *, distance: s
     passes = 3
     flop = 2 * distance_flop("_row_stats") + distance_flop("_column_max")
     exponentials = 2.0 * entries
-    if backward:
+    if backward == "one-pass":
+        kernel = "_grad_rows_xy" if grad_y else "_grad_rows"
+        block_co = launch_config(kernel, channels, distance, precision)["BLOCK_CO"]
+        passes += 1
+        flop += distance_flop(kernel) + (1 + grad_y) * 2.0 * entries * _padded(channels, block_co)
+        exponentials += entries
+    elif backward is not None:
         for kernel, wanted in (("_grad_x", grad_x), ("_grad_y", grad_y)):
             if not wanted and kernel == "_grad_y":
                 continue

@@ -5,12 +5,15 @@ the most CUDA memory torch allocated).
 
 Usage:
     python scripts/smoke_chapters.py [book/04_denoising.ipynb ...] [--json record.json]
-        [--gpu-memory-gib 15]
+        [--gpu-memory-gib 15] [--budget SECONDS]
 
 Each chapter runs in a fresh kernel of this Python, with the seeded random VGG19 weights where
 the ImageNet ones are missing and a fresh folder for the training runs. ``--gpu-memory-gib``
 holds each chapter to that much GPU memory (``torch.cuda.set_per_process_memory_fraction``),
-e.g. 15 for a Colab T4. The exit status is 1 if any chapter failed.
+e.g. 15 for a Colab T4. ``--budget`` stops starting chapters once that many seconds have passed
+(those left are recorded as not run; a chapter started keeps ``--timeout`` per cell); the record
+is rewritten after every chapter, so a run stopped from outside keeps what it finished.
+The exit status is 1 if any chapter failed or was not run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +72,11 @@ def run_chapter(path: Path, *, gpu_memory_gib: float | None, timeout: int) -> di
     except CellExecutionError as error:
         record["status"] = "failed"
         record["error"] = str(error).strip().splitlines()[-1][:500]
+    except CellTimeoutError:
+        record["status"] = f"stopped after {timeout} s in one cell (not finished)"
+    except DeadKernelError as error:  # e.g. killed for memory
+        record["status"] = "failed"
+        record["error"] = f"the kernel died: {error}"[:500]
     record["seconds"] = round(time.perf_counter() - started, 1)
     for output in notebook.cells[-1].get("outputs", []):
         for line in output.get("text", "").splitlines():
@@ -83,14 +91,23 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the record here")
     parser.add_argument("--gpu-memory-gib", type=float, default=None)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for all the chapters together")
     args = parser.parse_args()
     os.environ.update({"CXLIB_SETTING": "smoke", "CXLIB_ALLOW_RANDOM_WEIGHTS": "1",
                        "CXLIB_RUNS_DIR": tempfile.mkdtemp(prefix="cxlib-smoke-runs-")})
     notebooks = [p.resolve() for p in args.notebooks] or _chapters()
-    records = []
+    records: list[dict] = []
+    started = time.perf_counter()
     for path in notebooks:
+        left = None if args.budget is None else args.budget - (time.perf_counter() - started)
+        if left is not None and left <= 0:
+            records.append({"chapter": path.stem, "status": "not run (budget spent)", "seconds": 0.0})
+            _write(args, records)
+            continue
         record = run_chapter(path, gpu_memory_gib=args.gpu_memory_gib, timeout=args.timeout)
         records.append(record)
+        _write(args, records)
         memory = f"peak RSS {record.get('peak_rss_mib', float('nan')):,.0f} MiB"
         if record.get("peak_cuda_mib") is not None:
             memory += f", peak CUDA {record['peak_cuda_mib']:,.0f} MiB"
@@ -99,17 +116,22 @@ def main() -> int:
     total = sum(r["seconds"] for r in records)
     print(f"{len(records)} chapters at the smoke setting in {total:.0f} s;"
           f" {sum(r['status'] != 'ok' for r in records)} failed")
-    if args.json:
-        import torch
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "setting": "smoke", "date": datetime.date.today().isoformat(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "gpu_memory_gib": args.gpu_memory_gib, "chapters": records,
-        }, indent=1) + "\n")
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def _write(args: argparse.Namespace, records: list[dict]) -> None:
+    """The record so far, to --json (if given)."""
+    if not args.json:
+        return
+    import torch
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "setting": "smoke", "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "gpu_memory_gib": args.gpu_memory_gib, "budget_s": args.budget, "chapters": records,
+    }, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""scripts/smoke_chapters.py records what it ran: each chapter's status and time, a chapter that
+runs past its cell limit as stopped, the chapters a spent budget leaves as not run, and the
+record written after every chapter."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _notebook(path: Path, source: str) -> Path:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells.append(nbformat.v4.new_code_cell(source))
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def _run(tmp_path, *args):
+    record = tmp_path / "record.json"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "smoke_chapters.py"), *args,
+                          "--json", str(record)], capture_output=True, text=True, timeout=300)
+    return run, json.loads(record.read_text())
+
+
+def test_statuses_and_budget(tmp_path):
+    quick = _notebook(tmp_path / "quick.ipynb",
+                      "import os\nassert os.environ['CXLIB_SETTING'] == 'smoke'")
+    slow = _notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(60)")
+    broken = _notebook(tmp_path / "broken.ipynb", "raise ValueError('expected 1, got 2')")
+    run, record = _run(tmp_path, str(quick), str(broken), str(slow), "--timeout", "3")
+    assert run.returncode == 1
+    status = {c["chapter"]: c for c in record["chapters"]}
+    assert status["quick"]["status"] == "ok" and status["quick"]["peak_rss_mib"] > 0
+    assert status["broken"]["status"] == "failed"
+    assert "expected 1, got 2" in status["broken"]["error"]
+    assert status["slow"]["status"] == "stopped after 3 s in one cell (not finished)"
+    assert 3 <= status["slow"]["seconds"] < 60
+
+    run, record = _run(tmp_path, str(quick), str(quick), "--budget", "0.5")
+    assert run.returncode == 1
+    # the first starts within the budget (its kernel alone takes longer), the second does not
+    assert [c["status"] for c in record["chapters"]] == ["ok", "not run (budget spent)"]
+    assert record["budget_s"] == 0.5

@@ -73,10 +73,12 @@ def _need_gpus(count: int = 1) -> None:
 
 
 def _errors(got_value, got_grads, want_value, want_grads) -> tuple[float, float]:
-    """Largest relative error of the values, and of the gradients relative to their largest entry."""
+    """Largest relative error of the values, and of the gradients relative to their largest entry
+    (NaN if any is NaN: Python's max() would drop a NaN that is not first)."""
     value = ((got_value.double() - want_value.double()).abs() / want_value.double().abs()).max().item()
-    grad = max(((g.double() - w.double()).abs().max() / w.double().abs().max()).item()
-               for g, w in zip(got_grads, want_grads))
+    grads = [((g.double() - w.double()).abs().max() / w.double().abs().max()).item()
+             for g, w in zip(got_grads, want_grads)]
+    grad = math.nan if any(math.isnan(e) for e in grads) else max(grads)
     return value, grad
 
 
@@ -212,8 +214,9 @@ def _variant_times(device: torch.device, variants: Sequence[tuple[str, str]],
 
 def check_tf32x3() -> str:
     """The opt-in precision="tf32x3" of the fused kernels (three TF32 products on tensor cores),
-    which Triton's interpreter cannot check: its error against float64 on random points and on
-    near-duplicates (x = y + 1e-4 noise), N = 4,096, C = 128, and its forward + backward time at
+    which Triton's interpreter cannot check: its error against float64 on random points and with
+    near-duplicates (a third of the points a target plus 1e-4 noise), N = 4,096, C = 128, and its
+    forward + backward time at
     N = 16,384, C = 128 against the IEEE kernels and the full path, in the same run."""
     _need_gpus()
     from .contextual.fused import fused_available
@@ -234,9 +237,10 @@ def check_one_pass() -> str:
     """The opt-in backward="one-pass" of the fused kernels (each tile's dL/dd formed once, its
     products with Y and X from it; atomic adds for y's gradient), which only a GPU can time and
     whose atomics only a GPU runs concurrently: its error against float64 with both gradients and
-    with x's alone (it fails beyond the IEEE kernels' tolerances; tf32x3 beyond ten times them),
-    and its time against the two-kernel backward and the full path, with and without y's
-    gradient, in the same run."""
+    with x's alone, and its time against the two-kernel backward and the full path, with and
+    without y's gradient, in the same run. It fails where one-pass is beyond the IEEE kernels'
+    tolerances (ten times them with tf32x3) and beyond twice the two-kernel backward's error at
+    the same precision: a lost atomic update shows as far more than that."""
     _need_gpus()
     from .contextual.fused import fused_available
 
@@ -251,7 +255,8 @@ def check_one_pass() -> str:
         found, worst = _variant_errors(device, variants, need_y=need_y)
         lines += [("x,y " if need_y else "x ") + line for line in found]
         limit = {"ieee": 1.0, "tf32x3": 10.0}
-        bad = {f"{p}/{b}": w for (p, b), w in worst.items() if b == "one-pass" and not w <= limit[p]}
+        bad = {f"{p}/{b}": w for (p, b), w in worst.items()
+               if b == "one-pass" and not w <= max(limit[p], 2 * worst[p, "two-kernels"])}
         if bad:
             raise CheckFailed(f"one-pass beyond its tolerances (times the IEEE ones): {bad}; "
                               + "; ".join(lines))

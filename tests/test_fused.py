@@ -192,3 +192,21 @@ def test_one_pass_equals_two_kernels_with_a_fixed_target(precision):
         assert torch.equal(grads["one-pass"], grads["two-kernels"])
     else:
         torch.testing.assert_close(grads["one-pass"], grads["two-kernels"], rtol=1e-5, atol=1e-7)
+
+
+def test_one_pass_refuses_deterministic_mode_when_y_needs_a_gradient():
+    from cxlib.contextual.fused import fused_similarity
+
+    x = torch.nn.functional.normalize(torch.randn(1, 9, 16, device=DEVICE), dim=-1)
+    y = x.clone().requires_grad_()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="use backward='two-kernels'"):
+            fused_similarity(x, y, distance="cosine", band_width=0.5, eps=1e-5, backward="one-pass")
+        # a fixed target has no atomic adds: allowed
+        leaf = x.clone().requires_grad_()
+        fused_similarity(leaf, y.detach(), distance="cosine", band_width=0.5, eps=1e-5,
+                         backward="one-pass").sum().backward()
+        assert torch.isfinite(leaf.grad).all()
+    finally:
+        torch.use_deterministic_algorithms(False)

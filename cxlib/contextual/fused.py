@@ -354,13 +354,23 @@ if triton is not None:
         is formed once and multiplied by every channel of Y (P @ Y, the rows' own, added into
         GX_out in place) and, with NEED_Y, of X (P^T @ X, added atomically into GY_out, which
         other row blocks share); the row sums of P and of P * d as in _grad_x, and the column
-        sums of P (atomically) for y's l2 gradient. GX_out, GY_out and PSUMY_out start at 0."""
+        sums of P (atomically) for y's l2 gradient. GX_out, GY_out and PSUMY_out start at 0.
+
+        The atomic adds are relaxed: nothing reads GY_out before the kernel ends, and the default
+        (acq_rel) fences the whole GPU and drops the SM's L1 cache at every add. With NEED_Y each
+        program starts at another column tile, so that the programs running at once add into
+        different rows of GY_out rather than queueing on the same addresses."""
         pid, b = tl.program_id(0), tl.program_id(1)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < Nx
         psum = tl.zeros((BLOCK_M,), tl.float32)
         pd = tl.zeros((BLOCK_M,), tl.float32)
-        for n0 in range(0, N, BLOCK_N):
+        tiles = tl.cdiv(N, BLOCK_N)
+        for t in range(0, tiles):
+            if NEED_Y:
+                n0 = ((pid + t) % tiles) * BLOCK_N
+            else:  # in order, as _grad_x sums: the same x gradient to the last bit
+                n0 = t * BLOCK_N
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < N
             p, d = _tile_grad_distance(X, Y, XN + b * Nx, YN + b * N, M, LSE, R, BEST, BROW, G,
@@ -370,7 +380,8 @@ if triton is not None:
             psum += tl.sum(p, axis=1)
             pd += tl.sum(p * d, axis=1)
             if NEED_Y:
-                tl.atomic_add(PSUMY_out + b * N + cols, tl.sum(p, axis=0), mask=col_ok)
+                tl.atomic_add(PSUMY_out + b * N + cols, tl.sum(p, axis=0), mask=col_ok,
+                              sem="relaxed")
             for c0 in range(0, C, BLOCK_CO):
                 ch = c0 + tl.arange(0, BLOCK_CO)
                 ch_ok = ch < C
@@ -386,7 +397,7 @@ if triton is not None:
                                 mask=gx_ok, other=0.0)
                     tl.atomic_add(GY_out + b * N * C + cols[:, None] * C + ch[None, :],
                                   tl.dot(tl.trans(p), x, input_precision=PRECISION),
-                                  mask=col_ok[:, None] & ch_ok[None, :])
+                                  mask=col_ok[:, None] & ch_ok[None, :], sem="relaxed")
             # The next tile reads GX_out back, maybe in other threads than wrote it.
             tl.debug_barrier()
         out = b * Nx + rows
@@ -746,6 +757,11 @@ def fused_similarity(x_points: torch.Tensor, y_points: torch.Tensor, *, distance
         raise ValueError(f"precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
     if backward not in FUSED_BACKWARDS:
         raise ValueError(f"backward must be one of {FUSED_BACKWARDS}, got {backward!r}")
+    if (backward == "one-pass" and y_points.requires_grad and torch.is_grad_enabled()
+            and torch.are_deterministic_algorithms_enabled()):
+        raise RuntimeError("backward='one-pass' adds y's gradient atomically, in an order that "
+                           "varies from run to run, and torch.use_deterministic_algorithms(True) "
+                           "is set: use backward='two-kernels' (the default), or detach y")
     if precision == "tf32x3" and not _has_tf32(x_points.device):
         precision = "ieee"
     x = x_points.float().contiguous()

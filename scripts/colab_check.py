@@ -29,6 +29,23 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Seconds a cell tagged "widget" (a live ipywidgets control, which computes on small copies and
+#: answers at once) may take. After such a cell, nbclient 0.11 with jupyter_client 8.10 and pyzmq
+#: 27 sometimes receives the kernel's reply only when its wait for it times out, though the kernel
+#: sent it at once and sits idle (chapter 4 at the smoke setting waited out the whole limit; a
+#: two-cell notebook, a 10 s sleep then interactive_output, reproduces it): a short limit bounds
+#: that wait, and a widget cell that truly took longer would still fail.
+WIDGET_CELL_TIMEOUT = 60
+
+
+def cell_timeouts(timeout: int):
+    """nbclient's timeout_func: ``timeout`` per cell, at most WIDGET_CELL_TIMEOUT for widgets."""
+    def per_cell(cell) -> int:
+        if "widget" in cell.get("metadata", {}).get("tags", []):
+            return min(timeout, WIDGET_CELL_TIMEOUT)
+        return timeout
+    return per_cell
+
 # Warnings attributed to cxlib's modules or to the chapter itself (a notebook's cells run in
 # __main__) are errors: what Colab's versions deprecate shows up here before it breaks there.
 STRICT_WARNINGS = r"""import warnings
@@ -60,7 +77,8 @@ def run_chapter(path: Path, *, timeout: int, require_installed: bool = True) -> 
     notebook = nbformat.read(path, as_version=4)
     notebook.cells.insert(0, nbformat.v4.new_code_cell(STRICT_WARNINGS))
     notebook.cells.append(nbformat.v4.new_code_cell(_MEASURE))
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(notebook, timeout=timeout, timeout_func=cell_timeouts(timeout),
+                            kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     record: dict = {"chapter": path.stem}
     started = time.perf_counter()

@@ -5,7 +5,7 @@ the most CUDA memory torch allocated).
 
 Usage:
     python scripts/smoke_chapters.py [book/04_denoising.ipynb ...] [--json record.json]
-        [--gpu-memory-gib 15] [--budget SECONDS]
+        [--gpu-memory-gib 15] [--budget SECONDS] [--executed DIR]
 
 Each chapter runs in a fresh kernel of this Python, with the seeded random VGG19 weights where
 the ImageNet ones are missing and a fresh folder for the training runs. ``--gpu-memory-gib``
@@ -13,6 +13,7 @@ holds each chapter to that much GPU memory (``torch.cuda.set_per_process_memory_
 e.g. 15 for a Colab T4. ``--budget`` stops starting chapters once that many seconds have passed
 (those left are recorded as not run; a chapter started keeps ``--timeout`` per cell); the record
 is rewritten after every chapter, so a run stopped from outside keeps what it finished.
+``--executed`` keeps each executed chapter there, to read its text as the smoke setting made it.
 The exit status is 1 if any chapter failed or was not run.
 """
 
@@ -33,6 +34,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from colab_check import cell_timeouts  # noqa: E402  (the widget cells' short limit, and why)
 
 # Cells added around each chapter: the memory cap first, the measurement last.
 _CAP = """import torch
@@ -57,12 +60,14 @@ def _chapters() -> list[Path]:
     return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()]
 
 
-def run_chapter(path: Path, *, gpu_memory_gib: float | None, timeout: int) -> dict:
+def run_chapter(path: Path, *, gpu_memory_gib: float | None, timeout: int,
+                executed: Path | None = None) -> dict:
     notebook = nbformat.read(path, as_version=4)
     if gpu_memory_gib is not None:
         notebook.cells.insert(0, nbformat.v4.new_code_cell(_CAP.format(gib=gpu_memory_gib)))
     notebook.cells.append(nbformat.v4.new_code_cell(_MEASURE))
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(notebook, timeout=timeout, timeout_func=cell_timeouts(timeout),
+                            kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     started = time.perf_counter()
     record = {"chapter": path.stem}
@@ -78,6 +83,9 @@ def run_chapter(path: Path, *, gpu_memory_gib: float | None, timeout: int) -> di
         record["status"] = "failed"
         record["error"] = f"the kernel died: {error}"[:500]
     record["seconds"] = round(time.perf_counter() - started, 1)
+    if executed is not None:
+        executed.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, executed / path.name)
     for output in notebook.cells[-1].get("outputs", []):
         for line in output.get("text", "").splitlines():
             if line.startswith("CXLIB_SMOKE "):
@@ -93,6 +101,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for all the chapters together")
+    parser.add_argument("--executed", type=Path, default=None,
+                        help="write the executed chapters to this folder")
     args = parser.parse_args()
     os.environ.update({"CXLIB_SETTING": "smoke", "CXLIB_ALLOW_RANDOM_WEIGHTS": "1",
                        "CXLIB_RUNS_DIR": tempfile.mkdtemp(prefix="cxlib-smoke-runs-")})
@@ -105,7 +115,8 @@ def main() -> int:
             records.append({"chapter": path.stem, "status": "not run (budget spent)", "seconds": 0.0})
             _write(args, records)
             continue
-        record = run_chapter(path, gpu_memory_gib=args.gpu_memory_gib, timeout=args.timeout)
+        record = run_chapter(path, gpu_memory_gib=args.gpu_memory_gib, timeout=args.timeout,
+                             executed=args.executed)
         records.append(record)
         _write(args, records)
         memory = f"peak RSS {record.get('peak_rss_mib', float('nan')):,.0f} MiB"

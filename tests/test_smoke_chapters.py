@@ -46,3 +46,21 @@ def test_statuses_and_budget(tmp_path):
     # the first starts within the budget (its kernel alone takes longer), the second does not
     assert [c["status"] for c in record["chapters"]] == ["ok", "not run (budget spent)"]
     assert record["budget_s"] == 0.5
+
+
+def test_widget_cells_get_the_short_limit():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_check", ROOT / "scripts" / "colab_check.py")
+    colab_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_check)
+    per_cell = colab_check.cell_timeouts(3600)
+    widget = nbformat.v4.new_code_cell("x", metadata={"tags": ["remove-output", "widget"]})
+    assert per_cell(widget) == colab_check.WIDGET_CELL_TIMEOUT == 60
+    assert per_cell(nbformat.v4.new_code_cell("x")) == 3600
+    assert colab_check.cell_timeouts(30)(widget) == 30
+    # every chapter's live control is tagged, so the limit reaches them
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and "interactive_output(" in cell.source:
+                assert "widget" in cell.metadata.get("tags", []), path.name

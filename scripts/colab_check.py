@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,6 +90,12 @@ def run_chapter(path: Path, *, timeout: int, require_installed: bool = True) -> 
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # the traceback's colours
         lines = [line for line in text.strip().splitlines() if line.strip()]
         record["error"] = lines[-1][:500] if lines else repr(error)
+    except CellTimeoutError as error:
+        record["status"] = "failed"
+        record["error"] = str(error).strip().splitlines()[0][:500]
+    except DeadKernelError as error:  # e.g. killed for memory
+        record["status"] = "failed"
+        record["error"] = f"the kernel died: {error}"[:500]
     record["seconds"] = round(time.perf_counter() - started, 1)
     for output in notebook.cells[-1].get("outputs", []):
         for line in output.get("text", "").splitlines():

@@ -11,8 +11,9 @@ Each chapter runs in a fresh kernel of this Python, with the seeded random VGG19
 the ImageNet ones are missing and a fresh folder for the training runs. ``--gpu-memory-gib``
 holds each chapter to that much GPU memory (``torch.cuda.set_per_process_memory_fraction``),
 e.g. 15 for a Colab T4. ``--budget`` stops starting chapters once that many seconds have passed
-(those left are recorded as not run; a chapter started keeps ``--timeout`` per cell); the record
-is rewritten after every chapter, so a run stopped from outside keeps what it finished.
+(those left are recorded as not run) and no cell runs past it; the record is rewritten before
+and after every chapter, so a run stopped from outside keeps what it finished and names the
+chapter it stopped in.
 ``--executed`` keeps each executed chapter there, to read its text as the smoke setting made it.
 The exit status is 1 if any chapter failed or was not run.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -77,8 +79,9 @@ def run_chapter(path: Path, *, gpu_memory_gib: float | None, timeout: int,
     except CellExecutionError as error:
         record["status"] = "failed"
         record["error"] = str(error).strip().splitlines()[-1][:500]
-    except CellTimeoutError:
-        record["status"] = f"stopped after {timeout} s in one cell (not finished)"
+    except CellTimeoutError as error:  # its own limit: a widget cell's is shorter
+        record["status"] = "stopped at a cell's time limit (not finished)"
+        record["error"] = str(error).strip().splitlines()[0][:500]
     except DeadKernelError as error:  # e.g. killed for memory
         record["status"] = "failed"
         record["error"] = f"the kernel died: {error}"[:500]
@@ -109,13 +112,17 @@ def main() -> int:
     notebooks = [p.resolve() for p in args.notebooks] or _chapters()
     records: list[dict] = []
     started = time.perf_counter()
-    for path in notebooks:
+    for k, path in enumerate(notebooks):
         left = None if args.budget is None else args.budget - (time.perf_counter() - started)
         if left is not None and left <= 0:
             records.append({"chapter": path.stem, "status": "not run (budget spent)", "seconds": 0.0})
             _write(args, records)
             continue
-        record = run_chapter(path, gpu_memory_gib=args.gpu_memory_gib, timeout=args.timeout,
+        # Should the run be stopped from outside, the record already says what was under way.
+        _write(args, records + [{"chapter": path.stem, "status": "started, not finished"}]
+               + [{"chapter": p.stem, "status": "not run"} for p in notebooks[k + 1:]])
+        timeout = args.timeout if left is None else min(args.timeout, max(1, math.ceil(left)))
+        record = run_chapter(path, gpu_memory_gib=args.gpu_memory_gib, timeout=timeout,
                              executed=args.executed)
         records.append(record)
         _write(args, records)

@@ -115,9 +115,9 @@ def test_launch_config_block_co_and_variants():
     for v in variants:  # each variant is what launch_config gives for its example shape
         config = fused.launch_config(v["kernel"], v["shape"][2], v["distance"], v["constexprs"]["PRECISION"])
         assert config == {**v["constexprs"], **v["options"]}
-    # forward kernels: no BLOCK_CO; _grad_x, _grad_y, _grad_rows: 16, 32 or 64; _grad_rows_xy: 16.
+    # forward kernels: no BLOCK_CO; _grad_x, _grad_y: 16, 32 or 64; the one-pass kernels: 16.
     assert len({(v["kernel"], v["distance"], v["constexprs"].get("BLOCK_CO")) for v in variants}) == \
-        2 * 2 + 2 * 2 * 3 + 2 * 3 + 2
+        2 * 2 + 2 * 2 * 3 + 2 * 2
 
 
 @pytest.mark.skipif(not fused.fused_available("cpu"), reason="needs Triton's interpreter")

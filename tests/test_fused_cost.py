@@ -43,6 +43,8 @@ def test_one_pass_backward():
         assert (cost.passes, cost.product_flop, cost.exponentials) == (4, 6 * unit * 128, 3.0 * n * n)
     # Without y's gradient, no P^T @ X.
     assert fused_cost(1, n, n, 512, backward="one-pass", grad_y=False).product_flop == 5 * unit * 512
+    # one channel: the two-kernel backward runs (the one-pass kernels spill there)
+    assert fused_cost(1, 10, 10, 1, backward="one-pass") == fused_cost(1, 10, 10, 1)
     # 20 channels: distances padded to 32 (BLOCK_C), both gradient products to 32 (BLOCK_CO
     # 16 with y's gradient, so 2 blocks of 16).
     assert fused_cost(1, 10, 10, 20, backward="one-pass").product_flop == \

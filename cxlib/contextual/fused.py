@@ -440,13 +440,22 @@ _OPTIONS = {
     "_column_max": dict(num_warps=8, num_stages=1, maxnreg=255),
     "_grad_x": dict(num_warps=16, num_stages=1, maxnreg=128),
     "_grad_y": dict(num_warps=16, num_stages=1, maxnreg=128),
-    "_grad_rows": dict(num_warps=16, num_stages=1, maxnreg=128),
+    "_grad_rows": dict(num_warps=8, num_stages=1, maxnreg=255),
     "_grad_rows_xy": dict(num_warps=8, num_stages=1, maxnreg=255),
 }
-#: _grad_rows_xy forms both P @ Y and P^T @ X per channel block, two products whose operands
-#: Triton lays out differently: with BLOCK_CO = 32 or 64 it spills on sm_75, sm_80 and sm_90a
-#: (8 or 16 warps, by ptxas here), with 16 and 8 warps it does not.
-_ONE_PASS_XY_BLOCK_CO = 16
+#: The one-pass kernels multiply each tile by BLOCK_CO channels at a time, inside their loop over
+#: the tiles. By ptxas here (Triton 3.8): _grad_rows_xy, with both P @ Y and P^T @ X, spills on
+#: sm_75, sm_80 and sm_90a with BLOCK_CO = 32 or 64 (8 or 16 warps); _grad_rows spills with 16
+#: warps at 1 channel and (l2, sm_75) at 33, and with 8 warps at BLOCK_CO = 64. With 16 and 8
+#: warps neither spills for any channel count above 1. At 1 channel (which Triton folds in as a
+#: constant) both spill with 4, 8 or 16 warps, and there the two-kernel backward, one block per
+#: kernel, runs instead (:func:`_one_pass_applies`).
+_ONE_PASS_BLOCK_CO = 16
+
+
+def _one_pass_applies(channels: int) -> bool:
+    """Whether backward="one-pass" runs the one-pass kernels for this channel count."""
+    return channels > 1
 #: With precision="tf32x3" each tile product is three tensor-core (mma) products of operands split
 #: into high and low TF32 halves, which takes more registers: by a ptxas sweep here (Triton 3.8),
 #: BLOCK_C = 32 or BLOCK_CO = 32 spill on sm_80 with 4 or 8 warps, and 16 for both with 8 warps
@@ -495,8 +504,8 @@ def launch_config(kernel: str, channels: int, distance: str,
         config["BLOCK_CO"] = min(_BLOCK_CO_MAX, max(_BLOCK_CO_MIN, _next_power_of_2(channels)))
     if kernel in _ONE_PASS_KERNELS:
         config["NEED_Y"] = kernel == "_grad_rows_xy"
-    if kernel == "_grad_rows_xy":
-        config["BLOCK_CO"] = _ONE_PASS_XY_BLOCK_CO
+    if kernel in _ONE_PASS_KERNELS:
+        config["BLOCK_CO"] = _ONE_PASS_BLOCK_CO
     config.update(_OPTIONS[kernel])
     if precision == "tf32x3":
         config["BLOCK_C"] = _TF32X3_BLOCK_C
@@ -549,6 +558,8 @@ def kernel_variants(channels: Iterable[int] = range(1, 513),
     for kernel, distance, precision in itertools.product(KERNELS, distances, precisions):
         for num_x, num_y in points:
             for c in channels:
+                if kernel in _ONE_PASS_KERNELS and not _one_pass_applies(c):
+                    continue  # never launched
                 constexprs, options = _split_config(launch_config(kernel, c, distance, precision))
                 ints = _int_args(num_x, num_y, c)
                 spec = " ".join(f"{k}={_specialization(v)}" for k, v in ints.items()
@@ -622,7 +633,7 @@ class _FusedSimilarity(torch.autograd.Function):
         is_l2, xn, yn, strides = _launch_args(x, y, distance)
         common = (num_x, num_y, channels, *strides, 1.0 / h, eps)
         saved = (m, lse, r, best, best_row_32, g_sample)
-        if backward_mode == "one-pass":
+        if backward_mode == "one-pass" and _one_pass_applies(channels):
             one_x, one_y = _one_pass_gradients(x, y, xn, yn, saved, common, need_y, is_l2, am,
                                                den, distance, precision)
             return one_x if need_x else None, one_y, None, None, None, None, None

@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .fused import FUSED_BACKWARDS, FUSED_DISTANCES, FUSED_PRECISIONS, launch_config
+from .fused import (FUSED_BACKWARDS, FUSED_DISTANCES, FUSED_PRECISIONS, _one_pass_applies,
+                    launch_config)
 
 __all__ = ["FusedCost", "fused_cost"]
 
@@ -81,7 +82,7 @@ def fused_cost(batch: int, num_x: int, num_y: int, channels: int, *, distance: s
             (:data:`~cxlib.contextual.fused.FUSED_BACKWARDS`), or None for the forward alone.
         grad_x, grad_y: which gradients the backward computes (without x's, ``_grad_x`` still
             runs one channel block for the row sums both gradients need, and ``"one-pass"``
-            forms x's gradient anyway).
+            forms x's gradient anyway; at one channel it runs the two-kernel backward).
 
     Returns:
         FusedCost: passes, product FLOP, exponentials and the precision used.
@@ -110,7 +111,7 @@ def fused_cost(batch: int, num_x: int, num_y: int, channels: int, *, distance: s
     passes = 3
     flop = 2 * distance_flop("_row_stats") + distance_flop("_column_max")
     exponentials = 2.0 * entries
-    if backward == "one-pass":
+    if backward == "one-pass" and _one_pass_applies(channels):
         kernel = "_grad_rows_xy" if grad_y else "_grad_rows"
         block_co = launch_config(kernel, channels, distance, precision)["BLOCK_CO"]
         passes += 1

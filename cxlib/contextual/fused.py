@@ -655,9 +655,7 @@ class _FusedSimilarity(torch.autograd.Function):
 
         grad_x = grad_y = None
         if need_x:
-            # Dense: cosine -P@Y; l2 2(rowsum(P) x - P@Y).
-            grad_x = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
-            grad_x = grad_x + _row_minimum_to_x(is_l2, x, y, am, row_value)
+            grad_x = _x_gradient(is_l2, x, y, am, row_value, py, psum)
         if need_y:
             px = torch.empty(batch, num_y, channels, device=x.device, dtype=torch.float32)
             psum = torch.empty(batch, num_y, device=x.device, dtype=torch.float32)
@@ -665,8 +663,7 @@ class _FusedSimilarity(torch.autograd.Function):
             grid = (triton.cdiv(num_y, config["BLOCK_N"]), triton.cdiv(channels, config["BLOCK_CO"]), batch)
             with _on_device_of(x):
                 _grad_y[grid](x, y, xn, yn, *saved, px, psum, *common, **config)
-            grad_y = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
-            grad_y = grad_y + _row_minimum_to_y(is_l2, x, y, am, row_value)
+            grad_y = _y_gradient(is_l2, x, y, am, row_value, px, psum)
         return grad_x, grad_y, None, None, None, None, None
 
 
@@ -693,13 +690,24 @@ def _one_pass_gradients(x: torch.Tensor, y: torch.Tensor, xn: torch.Tensor, yn: 
     with _on_device_of(x):
         _grad_rows[grid](x, y, xn, yn, *saved, py, px, psum, pd, psum_y, *common, **config)
     row_value = torch.where(m >= 0, -pd / den, 0.0)
-    grad_x = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
-    grad_x = grad_x + _row_minimum_to_x(is_l2, x, y, am, row_value)
-    grad_y = None
-    if need_y:
-        grad_y = -px if not is_l2 else 2.0 * (psum_y.unsqueeze(-1) * y - px)
-        grad_y = grad_y + _row_minimum_to_y(is_l2, x, y, am, row_value)
+    grad_x = _x_gradient(is_l2, x, y, am, row_value, py, psum)
+    grad_y = _y_gradient(is_l2, x, y, am, row_value, px, psum_y) if need_y else None
     return grad_x, grad_y
+
+
+def _x_gradient(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
+                row_value: torch.Tensor, py: torch.Tensor, psum: torch.Tensor) -> torch.Tensor:
+    """dL/dx from the kernels' P @ Y and row sums of P (dense: cosine -P@Y, l2
+    2(rowsum(P) x - P@Y)) and from the row minima."""
+    dense = -py if not is_l2 else 2.0 * (psum.unsqueeze(-1) * x - py)
+    return dense + _row_minimum_to_x(is_l2, x, y, am, row_value)
+
+
+def _y_gradient(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
+                row_value: torch.Tensor, px: torch.Tensor, psum: torch.Tensor) -> torch.Tensor:
+    """dL/dy from the kernels' P^T @ X and column sums of P, and from the row minima."""
+    dense = -px if not is_l2 else 2.0 * (psum.unsqueeze(-1) * y - px)
+    return dense + _row_minimum_to_y(is_l2, x, y, am, row_value)
 
 
 def _row_minimum_to_x(is_l2: bool, x: torch.Tensor, y: torch.Tensor, am: torch.Tensor,
